@@ -1,0 +1,189 @@
+"""Dynamic batching of encoder calls from concurrent requests.
+
+A model forward on a batch of 32 costs far less than 32 forwards of one, so requests that arrive close
+together share one call. Each `Batcher` owns a worker thread: it takes the oldest waiting input, then
+keeps collecting until it has `max_batch` inputs or the oldest has waited `max_wait_ms`, runs the batch
+function once, and hands each caller its own rows. While a batch runs the next one fills up, so under
+load batches leave full and nobody waits for the timer.
+
+If a batch call raises, its inputs are retried one by one, so one caller's bad input fails only that
+caller. A caller whose deadline passes stops waiting; inputs nobody waits for any more are dropped
+before they reach the model.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from encoders.errors import MMSearchError
+
+
+class DeadlineExceeded(MMSearchError, TimeoutError):
+    """The caller's deadline passed while its inputs waited for or ran in a batch."""
+
+
+class BatcherClosed(MMSearchError, RuntimeError):
+    """The batcher was closed (server shutting down)."""
+
+
+class Batcher:
+    """Collects single inputs from many threads into calls of `fn(list_of_inputs) -> rows`.
+
+    `fn` must return one row per input, in order (a sequence or an array indexed by row).
+    """
+
+    def __init__(self, fn: Callable[[list[Any]], Sequence[Any] | np.ndarray], *, max_batch: int = 32,
+                 max_wait_ms: float = 2.0, name: str = "batcher"):
+        if max_batch < 1:
+            raise ValueError(f"{name}: max_batch must be >= 1, got {max_batch}")
+        if max_wait_ms < 0:
+            raise ValueError(f"{name}: max_wait_ms must be >= 0, got {max_wait_ms}")
+        self.fn = fn
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.name = name
+        self._queue: collections.deque[tuple[float, Any, Future]] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.batches = 0          # statistics, for tests and benchmarks
+        self.batched_inputs = 0
+        self._worker = threading.Thread(target=self._run, name=f"{name}-worker", daemon=True)
+        self._worker.start()
+
+    def submit(self, item: Any) -> Future:
+        future: Future = Future()
+        with self._cond:
+            if self._closed:
+                raise BatcherClosed(f"{self.name} is closed")
+            self._queue.append((time.monotonic(), item, future))
+            self._cond.notify()
+        return future
+
+    def map(self, items: Sequence[Any], timeout: float | None = None) -> list[Any]:
+        """Submit every item and wait for all rows; `timeout` is the caller's remaining deadline (s)."""
+        futures = [self.submit(item) for item in items]
+        end = None if timeout is None else time.monotonic() + timeout
+        rows = []
+        try:
+            for future in futures:
+                remaining = None if end is None else max(0.0, end - time.monotonic())
+                rows.append(future.result(remaining))
+        except FutureTimeout:
+            raise DeadlineExceeded(f"{self.name}: deadline passed after {timeout:.3f}s waiting for the model") from None
+        except CancelledError:
+            raise BatcherClosed(f"{self.name} closed while the request waited") from None
+        finally:
+            for future in futures:
+                future.cancel()  # no-op for finished ones; drops the rest before they reach the model
+        return rows
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the worker."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._worker.join()
+
+    # -- worker -----------------------------------------------------------------------------------
+
+    def _next_batch(self) -> list[tuple[Any, Future]] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            oldest = self._queue[0][0]
+            while len(self._queue) < self.max_batch and not self._closed:
+                left = oldest + self.max_wait - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch = []
+            while self._queue and len(batch) < self.max_batch:
+                _, item, future = self._queue.popleft()
+                if future.set_running_or_notify_cancel():  # False: the caller gave up
+                    batch.append((item, future))
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if batch:
+                self._call(batch)
+
+    def _call(self, batch: list[tuple[Any, Future]]) -> None:
+        items = [item for item, _ in batch]
+        try:
+            rows = self.fn(items)
+            if len(rows) != len(items):
+                raise RuntimeError(f"{self.name}: batch function returned {len(rows)} rows for {len(items)} inputs")
+        except BaseException as exc:  # noqa: BLE001 - isolate the failing input(s)
+            if len(batch) == 1:
+                batch[0][1].set_exception(exc)
+                return
+            for item, future in batch:
+                try:
+                    future.set_result(self.fn([item])[0])
+                except BaseException as single_exc:  # noqa: BLE001
+                    future.set_exception(single_exc)
+            return
+        self.batches += 1
+        self.batched_inputs += len(items)
+        for (_, future), row in zip(batch, rows):
+            future.set_result(row)
+
+
+class BatchedEncoder:
+    """A DualEncoder whose encode_texts / encode_images go through batchers shared by all callers.
+
+    With `enabled=False` calls go straight to the model in the caller's thread (the benchmark's baseline).
+    Everything else (name, family, dim, digest, ...) is the wrapped encoder's.
+    """
+
+    def __init__(self, encoder, *, max_batch: int = 32, max_wait_ms: float = 2.0, enabled: bool = True):
+        self.encoder = encoder
+        self.enabled = enabled
+        self._texts = self._images = None
+        if enabled:
+            label = getattr(encoder, "name", "encoder")
+            self._texts = Batcher(lambda texts: encoder.encode_texts(list(texts)), max_batch=max_batch,
+                                  max_wait_ms=max_wait_ms, name=f"{label} texts")
+            self._images = Batcher(lambda images: encoder.encode_images(list(images)), max_batch=max_batch,
+                                   max_wait_ms=max_wait_ms, name=f"{label} images")
+
+    def __getattr__(self, attr):
+        return getattr(self.encoder, attr)
+
+    def _encode(self, batcher: Batcher | None, direct, inputs: Sequence[Any], timeout: float | None) -> np.ndarray:
+        if not inputs:
+            return np.zeros((0, self.encoder.dim), dtype=np.float32)
+        if batcher is None:
+            return direct(list(inputs))
+        return np.stack(batcher.map(inputs, timeout)).astype(np.float32, copy=False)
+
+    def encode_texts(self, texts: Sequence[str], timeout: float | None = None) -> np.ndarray:
+        return self._encode(self._texts, self.encoder.encode_texts, texts, timeout)
+
+    def encode_images(self, images: Sequence[Any], timeout: float | None = None) -> np.ndarray:
+        return self._encode(self._images, self.encoder.encode_images, images, timeout)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        if not self.enabled:
+            return {}
+        return {"text_batches": self._texts.batches, "text_inputs": self._texts.batched_inputs,
+                "image_batches": self._images.batches, "image_inputs": self._images.batched_inputs}
+
+    def close(self) -> None:
+        for batcher in (self._texts, self._images):
+            if batcher is not None:
+                batcher.close()
