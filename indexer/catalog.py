@@ -1,0 +1,456 @@
+"""The catalog: SQLAlchemy models and the few queries everything else needs.
+
+The catalog is the source of truth. Each item row holds its own vector (float32 little-endian bytes), so
+every FAISS index can be rebuilt from it. Writes that touch items go through `Catalog.write(collection_id)`,
+which first bumps the collection's `revision` counter (taking the write lock before anything is read) and
+stamps every changed row with the new revision in `Item.rev`. An index file records the revision it covers
+(its watermark); catching up is "apply every item row with rev > watermark". Deletes are soft
+(`deleted=True`, vector cleared) so that a catch-up sees them; `purge_deleted` drops tombstones that every
+index has already applied and records the revision in `Collection.purged_rev`.
+
+SQLite (the default, `DATA_DIR/catalog.db`, WAL mode) and PostgreSQL (any SQLAlchemy URL) are supported.
+The schema version is stored in `mmsearch_meta`; opening a catalog written by a newer schema is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String,
+                        Text, create_engine, event, func, select, text, update)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from encoders.errors import Conflict, InvalidInput, MMSearchError, NotFound
+
+SCHEMA_VERSION = 1
+
+# int64 ids; on SQLite the primary key must be plain INTEGER to be the auto-incrementing rowid.
+Int64 = BigInteger().with_variant(Integer, "sqlite")
+# JSON everywhere; JSONB on PostgreSQL so metadata filters can use GIN indexes.
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class CatalogError(MMSearchError):
+    """The catalog database cannot be opened or used (wrong URL, newer schema, unreachable server)."""
+
+    exit_code = 7
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MetaEntry(Base):
+    """Key/value facts about the catalog itself; `schema_version` lives here."""
+
+    __tablename__ = "mmsearch_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Collection(Base):
+    """A named set of items embedded by one encoder (name + weights digest) into `dim` dimensions."""
+
+    __tablename__ = "collections"
+    id: Mapped[int] = mapped_column(Int64, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    uid: Mapped[str] = mapped_column(String(32), default=lambda: uuid.uuid4().hex)  # tells index files apart
+    encoder_name: Mapped[str] = mapped_column(Text)
+    encoder_family: Mapped[str] = mapped_column(String(32))
+    encoder_digest: Mapped[str] = mapped_column(String(128))
+    dim: Mapped[int] = mapped_column(Integer)
+    index_spec: Mapped[str] = mapped_column(String(100), default="auto")  # "auto" | "flat" | "ivf[N]" | "hnsw[M]"
+    revision: Mapped[int] = mapped_column(Int64, default=0)  # bumped by every write transaction
+    purged_rev: Mapped[int] = mapped_column(Int64, default=0)  # tombstones with rev <= this are gone
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Item(Base):
+    """One indexed image. Columns (all usable in filters built by search/filters.py):
+
+    id            int64 primary key; also the FAISS id
+    collection_id the owning collection
+    uri           where the image came from (absolute path, manifest uri, or "sha256:<hex>" for bytes)
+    sha256        hex digest of the file bytes; unique among live items of a collection
+    width, height size of the decoded image (after EXIF rotation)
+    caption       generated caption (index-time --caption) or None
+    meta          JSON object of user metadata (manifest columns, API dicts)
+    vector        float32 little-endian bytes, L2-normalised, `dim` values (empty once deleted)
+    created, updated  UTC timestamps
+    deleted       soft-delete flag (a tombstone kept until every index has applied it)
+    rev           collection revision of the last change to this row (the index catch-up cursor)
+    """
+
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(Int64, primary_key=True, autoincrement=True)
+    collection_id: Mapped[int] = mapped_column(Int64, ForeignKey("collections.id", ondelete="CASCADE"))
+    uri: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    caption: Mapped[str | None] = mapped_column(Text, nullable=True)
+    meta: Mapped[dict] = mapped_column(Json, default=dict)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    rev: Mapped[int] = mapped_column(Int64, default=0)
+
+    __table_args__ = (
+        # No two live items of a collection share content; enforced by the database itself.
+        Index("ix_items_live_sha", "collection_id", "sha256", unique=True,
+              sqlite_where=text("deleted = 0"), postgresql_where=text("deleted = false")),
+        Index("ix_items_uri", "collection_id", "uri"),
+        Index("ix_items_rev", "collection_id", "rev"),
+    )
+
+    def vector_array(self) -> np.ndarray:
+        return np.frombuffer(self.vector, dtype="<f4")
+
+
+class Job(Base):
+    """One run of `mmsearch index` (or the Python API). Counts are committed with each batch."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Int64, primary_key=True, autoincrement=True)
+    collection_id: Mapped[int] = mapped_column(Int64, ForeignKey("collections.id", ondelete="CASCADE"))
+    sources: Mapped[list] = mapped_column(Json, default=list)  # what was asked for: paths / manifests
+    options: Mapped[dict] = mapped_column(Json, default=dict)  # workers, batch size, update, caption model
+    state: Mapped[str] = mapped_column(String(16), default="running")  # running|done|failed|interrupted
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    resumed_from: Mapped[int | None] = mapped_column(Int64, nullable=True)
+    host: Mapped[str] = mapped_column(String(255), default=socket.gethostname)
+    pid: Mapped[int] = mapped_column(Integer, default=os.getpid)
+    seen: Mapped[int] = mapped_column(Integer, default=0)
+    added: Mapped[int] = mapped_column(Integer, default=0)
+    updated_count: Mapped[int] = mapped_column("updated", Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    started: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    decode_s: Mapped[float] = mapped_column(Float, default=0.0)  # worker CPU seconds spent reading+decoding
+    encode_s: Mapped[float] = mapped_column(Float, default=0.0)  # main-process seconds in the encoder
+    commit_s: Mapped[float] = mapped_column(Float, default=0.0)
+    errors: Mapped[list[JobError]] = relationship(back_populates="job", order_by="JobError.id",
+                                                  cascade="all, delete-orphan")
+
+
+class JobError(Base):
+    """One input a job could not index, with the reason (corrupt, truncated, too many pixels, ...)."""
+
+    __tablename__ = "job_errors"
+    id: Mapped[int] = mapped_column(Int64, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(Int64, ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    uri: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    job: Mapped[Job] = relationship(back_populates="errors")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def database_url(data_dir: str | os.PathLike, db: str | None = None) -> str:
+    """The catalog URL: `db` (a SQLAlchemy URL) if given, else $MMSEARCH_DB, else SQLite in the data dir."""
+    db = db or os.environ.get("MMSEARCH_DB") or None
+    if db:
+        return db
+    return "sqlite:///" + os.path.join(os.path.abspath(os.fspath(data_dir)), "catalog.db")
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.close()
+
+
+class Catalog:
+    """An open catalog database. Thread-safe; sessions are short-lived and come from `session()` / `write()`."""
+
+    def __init__(self, url: str, *, create: bool = True):
+        try:
+            parsed = make_url(url)
+        except ArgumentError as exc:
+            raise CatalogError(f"catalog URL {url!r} is not a valid SQLAlchemy URL") from exc
+        self.url = url
+        self.dialect = parsed.get_backend_name()
+        kwargs: dict = {}
+        if self.dialect == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 60}
+        else:
+            kwargs["pool_pre_ping"] = True
+        try:
+            self.engine: Engine = create_engine(url, **kwargs)
+        except (ArgumentError, ImportError, SQLAlchemyError) as exc:
+            raise CatalogError(f"cannot use catalog {parsed.render_as_string(hide_password=True)}: {exc}") from exc
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._check_schema(create)
+
+    def _check_schema(self, create: bool) -> None:
+        where = make_url(self.url).render_as_string(hide_password=True)
+        try:
+            with self.engine.begin() as conn:
+                has_meta = self.engine.dialect.has_table(conn, MetaEntry.__tablename__)
+                if not has_meta:
+                    if not create:
+                        raise CatalogError(f"{where} is not an mmsearch catalog")
+                    Base.metadata.create_all(conn)
+                    conn.execute(MetaEntry.__table__.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+                    return
+                row = conn.execute(select(MetaEntry.value).where(MetaEntry.key == "schema_version")).scalar()
+        except OperationalError as exc:
+            raise CatalogError(f"cannot open catalog {where}: {exc.orig}") from exc
+        version = int(row or 0)
+        if version > SCHEMA_VERSION:
+            raise CatalogError(f"catalog {where} was written by a newer mmsearch (schema version {version}; "
+                               f"this version reads up to {SCHEMA_VERSION}); upgrade mmsearch to open it")
+        if version < SCHEMA_VERSION:  # no older schema has been released yet
+            raise CatalogError(f"catalog {where} has unknown schema version {version}")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A read (or ad-hoc) session, committed on success, rolled back on error."""
+        with self._sessions() as s, s.begin():
+            yield s
+
+    @contextlib.contextmanager
+    def write(self, collection_id: int) -> Iterator[tuple[Session, int]]:
+        """A write transaction on one collection: yields (session, rev). The collection's revision is bumped
+        first, which takes the write lock (SQLite) / row lock (PostgreSQL) so writers are serialised and
+        revisions are committed in order. Stamp every changed item with `rev`."""
+        with self._sessions() as s, s.begin():
+            rev = s.execute(update(Collection).where(Collection.id == collection_id)
+                            .values(revision=Collection.revision + 1).returning(Collection.revision)).scalar()
+            if rev is None:
+                raise NotFound(f"collection id {collection_id} no longer exists")
+            yield s, rev
+
+    # ---- collections --------------------------------------------------------------------------------------
+
+    def create_collection(self, name: str, *, encoder_name: str, encoder_family: str, encoder_digest: str,
+                          dim: int, index_spec: str = "auto") -> Collection:
+        check_collection_name(name)
+        with self.session() as s:
+            if s.scalar(select(Collection.id).where(Collection.name == name)) is not None:
+                raise Conflict(f"collection {name!r} already exists")
+            coll = Collection(name=name, encoder_name=encoder_name, encoder_family=encoder_family,
+                              encoder_digest=encoder_digest, dim=int(dim), index_spec=index_spec)
+            s.add(coll)
+            s.flush()
+            return coll
+
+    def get_collection(self, name: str) -> Collection:
+        with self.session() as s:
+            coll = s.scalar(select(Collection).where(Collection.name == name))
+        if coll is None:
+            raise NotFound(f"no collection named {name!r}")
+        return coll
+
+    def find_collection(self, name: str) -> Collection | None:
+        with self.session() as s:
+            return s.scalar(select(Collection).where(Collection.name == name))
+
+    def list_collections(self) -> list[Collection]:
+        with self.session() as s:
+            return list(s.scalars(select(Collection).order_by(Collection.name)))
+
+    def revision(self, collection_id: int) -> tuple[int, int]:
+        """(revision, purged_rev) of a collection, one cheap query."""
+        with self.session() as s:
+            row = s.execute(select(Collection.revision, Collection.purged_rev)
+                            .where(Collection.id == collection_id)).first()
+        if row is None:
+            raise NotFound(f"collection id {collection_id} no longer exists")
+        return int(row[0]), int(row[1])
+
+    def set_index_spec(self, collection_id: int, spec: str) -> None:
+        with self.session() as s:
+            s.execute(update(Collection).where(Collection.id == collection_id).values(index_spec=spec))
+
+    def drop_collection(self, collection_id: int) -> None:
+        with self.session() as s:
+            job_ids = select(Job.id).where(Job.collection_id == collection_id).scalar_subquery()
+            s.execute(JobError.__table__.delete().where(JobError.job_id.in_(job_ids)))
+            s.execute(Job.__table__.delete().where(Job.collection_id == collection_id))
+            s.execute(Item.__table__.delete().where(Item.collection_id == collection_id))
+            s.execute(Collection.__table__.delete().where(Collection.id == collection_id))
+
+    # ---- items --------------------------------------------------------------------------------------------
+
+    def live(self, collection_id: int):
+        """The WHERE clause selecting the live items of a collection (combine with filters)."""
+        return (Item.collection_id == collection_id) & (Item.deleted.is_(False))
+
+    def count(self, collection_id: int) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(Item).where(self.live(collection_id))))
+
+    def items_by_id(self, collection_id: int, ids: Sequence[int]) -> dict[int, Item]:
+        out: dict[int, Item] = {}
+        ids = [int(i) for i in ids]
+        with self.session() as s:
+            for chunk in _chunks(ids, 900):
+                for item in s.scalars(select(Item).where(self.live(collection_id), Item.id.in_(chunk))):
+                    out[item.id] = item
+        return out
+
+    def select_ids(self, collection_id: int, where=None, *, limit: int | None = None) -> np.ndarray:
+        """Ids (int64 array) of the live items matching an SQLAlchemy expression over Item columns."""
+        stmt = select(Item.id).where(self.live(collection_id))
+        if where is not None:
+            stmt = stmt.where(where)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.session() as s:
+            return np.fromiter(s.scalars(stmt), dtype=np.int64)
+
+    def existing_uris(self, collection_id: int, uris: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """uri -> (id, sha256) for the live items among `uris`."""
+        out: dict[str, tuple[int, str]] = {}
+        with self.session() as s:
+            for chunk in _chunks(list(uris), 900):
+                for i, uri, sha in s.execute(select(Item.id, Item.uri, Item.sha256)
+                                             .where(self.live(collection_id), Item.uri.in_(chunk))):
+                    out[uri] = (i, sha)
+        return out
+
+    def existing_shas(self, session: Session, collection_id: int, shas: Sequence[str]) -> dict[str, int]:
+        """sha256 -> id for the live items among `shas`, inside the caller's (write) session."""
+        out: dict[str, int] = {}
+        for chunk in _chunks(list(shas), 900):
+            for i, sha in session.execute(select(Item.id, Item.sha256)
+                                          .where(self.live(collection_id), Item.sha256.in_(chunk))):
+                out[sha] = i
+        return out
+
+    def changes_since(self, collection_id: int, rev: int, *, chunk: int = 20000
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+        """Rows changed after `rev`, in id order, as (ids, deleted flags, vectors (n, dim) float32, dim).
+        Deleted rows carry a zero vector. Streams in chunks so memory stays bounded."""
+        yield from self._scan(collection_id, Item.rev > rev, chunk)
+
+    def all_live(self, collection_id: int, *, chunk: int = 20000
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+        yield from self._scan(collection_id, Item.deleted.is_(False), chunk)
+
+    def _scan(self, collection_id: int, cond, chunk: int):
+        with self.session() as s:
+            dim = s.scalar(select(Collection.dim).where(Collection.id == collection_id))
+            if dim is None:
+                raise NotFound(f"collection id {collection_id} no longer exists")
+            last = -1
+            while True:
+                rows = s.execute(select(Item.id, Item.deleted, Item.vector)
+                                 .where(Item.collection_id == collection_id, cond, Item.id > last)
+                                 .order_by(Item.id).limit(chunk)).all()
+                if not rows:
+                    return
+                ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                dead = np.fromiter((bool(r[1]) for r in rows), dtype=bool, count=len(rows))
+                vecs = np.zeros((len(rows), dim), dtype=np.float32)
+                for j, r in enumerate(rows):
+                    if not r[1]:
+                        vecs[j] = np.frombuffer(r[2], dtype="<f4")
+                last = int(ids[-1])
+                yield ids, dead, vecs, dim
+
+    def delete_where(self, collection_id: int, where) -> list[int]:
+        """Soft-delete the live items matching `where` (SQLAlchemy expression over Item). Returns their ids."""
+        with self.write(collection_id) as (s, rev):
+            stmt = select(Item.id).where(self.live(collection_id))
+            if where is not None:
+                stmt = stmt.where(where)
+            ids = list(s.scalars(stmt))
+            for chunk in _chunks(ids, 900):
+                s.execute(update(Item).where(Item.id.in_(chunk))
+                          .values(deleted=True, vector=b"", rev=rev, updated=utcnow()))
+        return ids
+
+    def purge_deleted(self, collection_id: int, through_rev: int) -> int:
+        """Drop tombstones with rev <= through_rev (every index on disk has applied them)."""
+        with self.session() as s:
+            res = s.execute(Item.__table__.delete().where(Item.collection_id == collection_id,
+                                                          Item.deleted.is_(True), Item.rev <= through_rev))
+            s.execute(update(Collection).where(Collection.id == collection_id,
+                                               Collection.purged_rev < through_rev)
+                      .values(purged_rev=through_rev))
+            return res.rowcount or 0
+
+    # ---- jobs ---------------------------------------------------------------------------------------------
+
+    def list_jobs(self, collection_id: int | None = None, *, limit: int = 50) -> list[Job]:
+        with self.session() as s:
+            stmt = select(Job).order_by(Job.id.desc()).limit(limit)
+            if collection_id is not None:
+                stmt = stmt.where(Job.collection_id == collection_id)
+            return list(s.scalars(stmt))
+
+    def job_errors(self, job_id: int, *, limit: int | None = None) -> list[JobError]:
+        with self.session() as s:
+            stmt = select(JobError).where(JobError.job_id == job_id).order_by(JobError.id)
+            if limit is not None:
+                stmt = stmt.limit(limit)
+            return list(s.scalars(stmt))
+
+    def mark_stale_jobs(self, collection_id: int) -> list[Job]:
+        """Jobs still marked running whose process is gone (same host, pid dead): mark them interrupted."""
+        host = socket.gethostname()
+        stale: list[Job] = []
+        with self.session() as s:
+            for job in s.scalars(select(Job).where(Job.collection_id == collection_id, Job.state == "running")):
+                if job.host == host and not _pid_alive(job.pid):
+                    job.state = "interrupted"
+                    job.message = "the process ended without finishing (killed or crashed); rerun to resume"
+                    stale.append(job)
+        return stale
+
+
+def check_collection_name(name: str) -> None:
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise InvalidInput("collection name must be 1-200 characters")
+    bad = set(name) - set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    if bad or name.startswith("."):
+        raise InvalidInput(f"collection name {name!r}: use letters, digits, '.', '_' and '-' (not starting with '.')")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (killed, not yet reaped by its parent) is gone for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _chunks(seq: Sequence, n: int) -> Iterable[Sequence]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]

@@ -1,0 +1,353 @@
+"""The facade over a data dir: the catalog, one FAISS index per collection, the encoder binding.
+
+    from indexer.store import Store
+    store = Store.open(data_dir, db=None)          # db: SQLAlchemy URL, default $MMSEARCH_DB or SQLite in data_dir
+    coll = store.collection("photos")              # NotFound if absent
+    coll = store.create_collection("photos", enc)  # binds encoder name + digest + dim (Conflict if it exists)
+    coll = store.open_or_create("photos", enc)     # create, or check the binding (Conflict on another encoder)
+    enc = store.encoder_for(coll)                  # encoders.load(coll.encoder_name), digest checked, cached
+    coll.check_encoder(enc)                        # Conflict unless enc.digest/dim match the collection
+
+    hits = coll.search(vectors, k=10, where=None, ids=None, nprobe=None, ef=None)
+        # vectors: (m, dim) float32 rows (a single (dim,) vector is fine) -> list (per query) of [Hit(id, score)]
+        # where: an SQLAlchemy boolean expression over catalog.Item columns (search/filters.py builds it);
+        # ids: an iterable of allowed item ids. Restricted searches return a full top-k when at least k match.
+    items = coll.get([ids])                        # {id: catalog.Item} for the live ones among ids
+    n = coll.delete(ids=[..] | uris=[..] | where=expr)   # soft-delete, returns how many; index updated
+    coll.count(); coll.rebuild(spec="ivf"); coll.refresh()
+    store.close()
+
+Every method takes care of keeping the index and the catalog in step: before a search the index is caught up
+to the catalog revision (one cheap query when nothing changed), so a server sees what a running indexing
+job committed. Index files live at DATA_DIR/indices/<collection>.faiss.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from encoders.errors import Conflict, InvalidInput, NotFound
+from indexer.catalog import Catalog, Collection, Item, database_url
+from indexer.vectors import IndexFileError, IndexSpec, VectorIndex, normalize_rows
+
+log = logging.getLogger("mmsearch.indexer")
+
+
+def default_data_dir() -> str:
+    return os.environ.get("MMSEARCH_DATA", "./mmsearch-data")
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    score: float
+
+
+class Store:
+    """An open data dir. Thread-safe; one per process is enough."""
+
+    def __init__(self, data_dir: str | os.PathLike | None = None, db: str | None = None):
+        self.data_dir = os.path.abspath(os.fspath(data_dir or default_data_dir()))
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.catalog = Catalog(database_url(self.data_dir, db))
+        self._handles: dict[str, CollectionHandle] = {}
+        self._encoders: dict[tuple[str, str], object] = {}
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(cls, data_dir: str | os.PathLike | None = None, db: str | None = None) -> "Store":
+        return cls(data_dir, db)
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def index_path(self, name: str) -> str:
+        return os.path.join(self.data_dir, "indices", f"{name}.faiss")
+
+    # ---- collections ------------------------------------------------------------------------------------------
+
+    def collections(self) -> list[Collection]:
+        return self.catalog.list_collections()
+
+    def collection(self, name: str) -> "CollectionHandle":
+        with self._lock:
+            row = self.catalog.get_collection(name)
+            handle = self._handles.get(name)
+            if handle is None or handle.row.uid != row.uid:
+                handle = self._handles[name] = CollectionHandle(self, row)
+            return handle
+
+    def create_collection(self, name: str, encoder, index_spec: str | None = None) -> "CollectionHandle":
+        spec = IndexSpec.parse(index_spec)
+        self.catalog.create_collection(name, encoder_name=encoder.name, encoder_family=encoder.family,
+                                       encoder_digest=encoder.digest, dim=int(encoder.dim), index_spec=str(spec))
+        return self.collection(name)
+
+    def open_or_create(self, name: str, encoder, index_spec: str | None = None) -> "CollectionHandle":
+        if self.catalog.find_collection(name) is None:
+            try:
+                return self.create_collection(name, encoder, index_spec)
+            except Conflict:  # created concurrently by another process
+                pass
+        handle = self.collection(name)
+        handle.check_encoder(encoder)
+        if index_spec is not None and IndexSpec.parse(index_spec) != IndexSpec.parse(handle.row.index_spec):
+            raise Conflict(f"collection {name!r} uses index {handle.row.index_spec}; "
+                           f"change it with `mmsearch rebuild --collection {name} --index {index_spec}`")
+        return handle
+
+    def drop_collection(self, name: str) -> None:
+        row = self.catalog.get_collection(name)
+        self.catalog.drop_collection(row.id)
+        with self._lock:
+            self._handles.pop(name, None)
+        try:
+            os.unlink(self.index_path(name))
+        except FileNotFoundError:
+            pass
+
+    def encoder_for(self, coll: "CollectionHandle | str", device: str = "cpu"):
+        """The encoder a collection is bound to, loaded from its recorded name; Conflict if the weights found
+        there are not the ones the collection was built with."""
+        import encoders
+
+        handle = self.collection(coll) if isinstance(coll, str) else coll
+        key = (handle.row.encoder_name, device)
+        with self._lock:
+            enc = self._encoders.get(key)
+            if enc is None:
+                enc = self._encoders[key] = encoders.load(handle.row.encoder_name, device=device)
+        handle.check_encoder(enc)
+        return enc
+
+
+class CollectionHandle:
+    """One collection: its catalog row and its (lazily opened, kept current) FAISS index."""
+
+    def __init__(self, store: Store, row: Collection):
+        self.store, self.row = store, row
+        self._index: VectorIndex | None = None
+        self._lock = threading.RLock()
+
+    @property
+    def name(self) -> str:
+        return self.row.name
+
+    @property
+    def id(self) -> int:
+        return self.row.id
+
+    @property
+    def dim(self) -> int:
+        return self.row.dim
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.store.catalog
+
+    def check_encoder(self, enc) -> None:
+        if enc.digest != self.row.encoder_digest or int(enc.dim) != self.row.dim:
+            raise Conflict(f"collection {self.name!r} is bound to encoder {self.row.encoder_name} "
+                           f"(digest {self.row.encoder_digest[:12]}, dim {self.row.dim}); "
+                           f"{enc.name} has digest {enc.digest[:12]}, dim {enc.dim}")
+
+    def count(self) -> int:
+        return self.catalog.count(self.id)
+
+    # ---- reads -------------------------------------------------------------------------------------------------
+
+    def search(self, vectors: np.ndarray, k: int = 10, *, where=None, ids: Iterable[int] | None = None,
+               nprobe: int | None = None, ef: int | None = None) -> list[list[Hit]]:
+        """Nearest items by inner product for each query row (see module docstring)."""
+        q = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise InvalidInput(f"query vectors must have dim {self.dim} (collection {self.name!r}), got {q.shape}")
+        if not np.isfinite(q).all():
+            raise InvalidInput("query vectors contain NaN or infinity")
+        q = normalize_rows(q)
+        allowed = None
+        if where is not None:
+            allowed = self.catalog.select_ids(self.id, where)
+        if ids is not None:
+            given = np.fromiter((int(i) for i in ids), dtype=np.int64)
+            allowed = given if allowed is None else np.intersect1d(allowed, given)
+        index = self.refresh()  # after selecting: every allowed id committed so far is in the index
+        scores, found = index.search(q, k, allowed=allowed, nprobe=nprobe, ef=ef)
+        return [[Hit(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, found)]
+
+    def get(self, ids: Iterable[int]) -> dict[int, Item]:
+        return self.catalog.items_by_id(self.id, list(ids))
+
+    # ---- writes ------------------------------------------------------------------------------------------------
+
+    def delete(self, *, ids: Iterable[int] | None = None, uris: Iterable[str] | None = None, where=None) -> int:
+        """Soft-delete live items by id, by uri and/or by an SQLAlchemy expression over Item (all given
+        conditions must hold). Returns the number deleted; the index is updated and saved."""
+        if ids is None and uris is None and where is None:
+            raise InvalidInput("delete: give ids, uris or a filter")
+        cond = None
+        for part in (Item.id.in_([int(i) for i in ids]) if ids is not None else None,
+                     Item.uri.in_(list(uris)) if uris is not None else None, where):
+            if part is not None:
+                cond = part if cond is None else cond & part
+        removed = self.catalog.delete_where(self.id, cond)
+        if removed:
+            self.refresh()
+            self.save_index()
+        return len(removed)
+
+    # ---- the index ---------------------------------------------------------------------------------------------
+
+    @property
+    def index(self) -> VectorIndex:
+        return self.refresh()
+
+    def refresh(self) -> VectorIndex:
+        """Open the index if needed and catch it up with the catalog; returns it."""
+        with self._lock:
+            rev, purged = self.catalog.revision(self.id)
+            if self._index is None:
+                self._index = self._open(rev, purged)
+            elif self._index.watermark < purged or self._index.watermark > rev:
+                self._index = self._build(rev)
+            elif self._index.watermark < rev:
+                self._catch_up(self._index, rev)
+            return self._index
+
+    def _open(self, rev: int, purged: int) -> VectorIndex:
+        path = self.store.index_path(self.name)
+        if not os.path.exists(path):
+            log.info("index %s: no file, building from the catalog", path)
+            return self._build(rev, save=True)
+        try:
+            index, meta = VectorIndex.load(path)
+        except IndexFileError as exc:
+            log.warning("index %s unusable (%s); rebuilding from the catalog", path, exc)
+            return self._build(rev, save=True)
+        reason = None
+        if meta.get("collection_uid") != self.row.uid or meta.get("collection_id") != self.id:
+            reason = "belongs to another collection"
+        elif meta.get("encoder_digest") != self.row.encoder_digest or meta["dim"] != self.dim:
+            reason = "was built for another encoder"
+        elif index.watermark > rev:
+            reason = f"is ahead of the catalog (watermark {index.watermark} > revision {rev})"
+        elif index.watermark < purged:
+            reason = f"is older than the last tombstone purge ({index.watermark} < {purged})"
+        elif not self._spec_fits(index.spec):
+            reason = f"uses {index.spec}, collection wants {self.row.index_spec}"
+        if reason:
+            log.warning("index %s %s; rebuilding", path, reason)
+            return self._build(rev, save=True)
+        if index.watermark < rev and self._catch_up(index, rev):
+            self._save(index)
+        return index
+
+    def _spec_fits(self, spec: IndexSpec) -> bool:
+        want = IndexSpec.parse(self.row.index_spec)
+        if want.kind == "auto":
+            return True  # retuned by maybe_retrain
+        return want.kind == spec.kind and (want.param is None or want.param == spec.param)
+
+    def _catch_up(self, index: VectorIndex, rev: int) -> int:
+        """Apply catalog rows with rev > index.watermark; returns how many rows were applied."""
+        applied = 0
+        for ids, dead, vecs, _dim in self.catalog.changes_since(self.id, index.watermark):
+            if dead.any():
+                index.remove(ids[dead])
+            if (~dead).any():
+                index.add(ids[~dead], vecs[~dead])
+            applied += len(ids)
+        index.watermark = rev
+        return applied
+
+    def apply_commit(self, rev: int, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """After a write transaction at `rev` that added/replaced (ids, vectors): apply it to the open index.
+        When other writers committed in between, catch up from the catalog instead."""
+        with self._lock:
+            index = self._index
+            if index is not None and index.watermark == rev - 1:
+                index.add(ids, vectors)
+                index.watermark = rev
+            else:
+                self.refresh()
+
+    def _build(self, rev: int, spec: IndexSpec | None = None, *, save: bool = False) -> VectorIndex:
+        """A fresh index from the live catalog rows, covering revision `rev` (read before the scan)."""
+        t0 = time.perf_counter()
+        n = self.catalog.count(self.id)
+        spec = (spec or IndexSpec.parse(self.row.index_spec)).resolve(n)
+        training = None
+        if spec.kind == "ivf":
+            if n == 0:
+                spec = IndexSpec("flat")  # nothing to train on yet; retrained once items arrive
+            else:
+                training = self._training_sample(n, max(spec.param * 64, 10_000))
+                spec = IndexSpec("ivf", min(spec.param, len(training)))
+        index = VectorIndex.empty(spec, self.dim, training, n_hint=n)
+        for ids, _dead, vecs, _dim in self.catalog.all_live(self.id):
+            index.add(ids, vecs)
+        index.watermark = rev
+        log.info("built %s index for %s: %d items in %.1fs", spec, self.name, index.ntotal, time.perf_counter() - t0)
+        if save:
+            self._save(index)
+        return index
+
+    def _training_sample(self, n: int, want: int) -> np.ndarray:
+        keep = min(1.0, want / max(n, 1))
+        rng = np.random.default_rng(0)
+        parts = []
+        for _ids, _dead, vecs, _dim in self.catalog.all_live(self.id):
+            parts.append(vecs if keep >= 1.0 else vecs[rng.random(len(vecs)) < keep])
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+
+    def rebuild(self, spec: str | None = None) -> VectorIndex:
+        """Rebuild from the catalog (optionally with a new spec, which is stored), save, and purge tombstones."""
+        with self._lock:
+            if spec is not None:
+                parsed = IndexSpec.parse(spec)
+                self.catalog.set_index_spec(self.id, str(parsed))
+                self.row = self.catalog.get_collection(self.name)
+            rev, _purged = self.catalog.revision(self.id)
+            self._index = self._build(rev, save=True)
+            self.catalog.purge_deleted(self.id, rev)
+            return self._index
+
+    def maybe_retrain(self) -> bool:
+        """Under an automatic spec, rebuild when the collection outgrew its index (flat -> ivf, or an ivf
+        quantizer trained on far fewer items). Returns whether it rebuilt."""
+        want = IndexSpec.parse(self.row.index_spec)
+        index = self.refresh()
+        n = index.ntotal
+        if want.kind == "auto":
+            target = want.resolve(n)
+            stale = target.kind != index.spec.kind or (target.kind == "ivf" and n > 4 * max(index.trained_n, 1))
+        elif want.kind == "ivf":
+            stale = index.spec.kind != "ivf" or (want.param is None and n > 4 * max(index.trained_n, 1))
+        else:
+            stale = False
+        if stale:
+            self.rebuild()
+        return stale
+
+    def save_index(self) -> None:
+        with self._lock:
+            if self._index is not None:
+                self._save(self._index)
+
+    def _save(self, index: VectorIndex) -> None:
+        index.save(self.store.index_path(self.name),
+                   {"collection_id": self.id, "collection_uid": self.row.uid, "collection": self.name,
+                    "encoder_digest": self.row.encoder_digest, "encoder_name": self.row.encoder_name})
