@@ -1,0 +1,326 @@
+"""Open Hugging Face checkpoints: resolve a directory or hub id, read config and tensors lazily,
+and load them into our modules through an explicit name map.
+
+Weights are read one tensor at a time (safetensors or `torch.load(mmap=True, weights_only=True)`) and
+copied straight into modules that were built on the meta device, so loading needs the model's size
+plus one tensor, never twice the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, NotFound
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def hub_cache_dirs() -> list[Path]:
+    """Where the Hugging Face hub cache may live, in the order huggingface_hub itself looks."""
+    dirs = []
+    if os.environ.get("HF_HUB_CACHE"):
+        dirs.append(Path(os.environ["HF_HUB_CACHE"]))
+    if os.environ.get("HF_HOME"):
+        dirs.append(Path(os.environ["HF_HOME"]) / "hub")
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    dirs.append((Path(xdg) if xdg else Path.home() / ".cache") / "huggingface" / "hub")
+    return dirs
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    for cache in hub_cache_dirs():
+        repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+        snapshots = repo_dir / "snapshots"
+        if not snapshots.is_dir():
+            continue
+        ref = repo_dir / "refs" / "main"
+        if ref.is_file():
+            snap = snapshots / ref.read_text().strip()
+            if (snap / "config.json").is_file():
+                return snap
+        candidates = sorted((p for p in snapshots.iterdir() if (p / "config.json").is_file()),
+                            key=lambda p: p.stat().st_mtime, reverse=True)
+        if candidates:
+            return candidates[0]
+    return None
+
+
+def resolve(path_or_id: str | os.PathLike) -> Path:
+    """A local checkpoint directory for `path_or_id`: the directory itself, a hub snapshot already in the
+    local cache, or (only when `huggingface_hub` is installed and the network is allowed) a fresh download."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path}: not a checkpoint directory (no config.json)")
+        return path
+    name = str(path_or_id)
+    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not path.exists()
+    if not looks_like_hub_id:
+        raise NotFound(f"checkpoint {name!r} not found: no such directory")
+    snap = _cached_snapshot(name)
+    if snap is not None:
+        return snap
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    try:
+        import huggingface_hub  # optional
+    except ImportError:
+        huggingface_hub = None
+    if huggingface_hub is not None and not offline:
+        try:
+            return Path(huggingface_hub.snapshot_download(
+                name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "pytorch_model*.bin"]))
+        except Exception as exc:  # network errors come in many types; the message below says what to do
+            reason = f"download failed ({type(exc).__name__}: {exc})"
+    else:
+        reason = "offline (HF_HUB_OFFLINE is set)" if offline else "huggingface_hub is not installed"
+    raise NotFound(
+        f"checkpoint {name!r} is not in the local Hugging Face cache ({hub_cache_dirs()[-1]}) and {reason}; "
+        f"download it where there is network (`huggingface-cli download {name}`) and pass its directory instead")
+
+
+class _TensorFile:
+    """One weights file, read lazily."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._handle = None
+        self._state = None
+
+    def names(self) -> list[str]:
+        if self.path.suffix == ".safetensors":
+            return list(self._safe().keys())
+        return list(self._torch().keys())
+
+    def read(self, name: str) -> torch.Tensor:
+        if self.path.suffix == ".safetensors":
+            return self._safe().get_tensor(name)
+        return self._torch()[name]
+
+    def _safe(self):
+        if self._handle is None:
+            from safetensors import safe_open
+            try:
+                self._handle = safe_open(str(self.path), framework="pt", device="cpu")
+            except Exception as exc:
+                raise CheckpointError(f"{self.path}: unreadable safetensors file ({exc})") from exc
+        return self._handle
+
+    def _torch(self):
+        if self._state is None:
+            try:
+                self._state = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as exc:
+                raise CheckpointError(f"{self.path}: unreadable PyTorch weights file ({exc})") from exc
+            if not isinstance(self._state, dict):
+                raise CheckpointError(f"{self.path}: expected a state dict, found {type(self._state).__name__}")
+        return self._state
+
+    def close(self):
+        self._handle = None
+        self._state = None
+
+
+@dataclass
+class Checkpoint:
+    """A resolved checkpoint directory: its config and a lazy view of its tensors."""
+
+    dir: Path
+    name: str
+    config: dict
+    files: list[Path]
+    _index: dict[str, _TensorFile] = field(default_factory=dict, repr=False)
+
+    @property
+    def model_type(self) -> str:
+        return self.config.get("model_type", "")
+
+    def tensor_names(self) -> list[str]:
+        return list(self._tensor_index())
+
+    def file_of(self, name: str) -> Path:
+        return self._tensor_index()[name].path
+
+    def read(self, name: str) -> torch.Tensor:
+        index = self._tensor_index()
+        if name not in index:
+            raise CheckpointError(f"{self.describe_files()}: tensor {name!r} is missing")
+        return index[name].read(name)
+
+    def describe_files(self) -> str:
+        names = [f.name for f in self.files]
+        return str(self.dir / names[0]) if len(names) == 1 else f"{self.dir}/{{{', '.join(names)}}}"
+
+    def json_file(self, filename: str) -> dict | None:
+        path = self.dir / filename
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: invalid JSON ({exc})") from exc
+
+    def _tensor_index(self) -> dict[str, _TensorFile]:
+        if not self._index:
+            for path in self.files:
+                handle = _TensorFile(path)
+                for name in handle.names():
+                    self._index[name] = handle
+        return self._index
+
+    def close(self):
+        for handle in set(self._index.values()):
+            handle.close()
+        self._index.clear()
+
+    @property
+    def digest(self) -> str:
+        """A fingerprint of the weights: file sizes, safetensors headers and 16 sampled 64 KiB blocks per
+        file. Reading every byte of a multi-GB checkpoint at each start would be too slow; random or trained
+        weights differ in every block, so sampling tells two checkpoints apart."""
+        h = hashlib.sha256()
+        block = 1 << 16
+        for path in self.files:
+            size = path.stat().st_size
+            h.update(f"{path.name}:{size}".encode())
+            with open(path, "rb") as f:
+                if path.suffix == ".safetensors":
+                    header_len = int.from_bytes(f.read(8), "little")
+                    h.update(f.read(min(header_len, 1 << 24)))
+                for i in range(16):
+                    f.seek(max(0, (size - block) * i // 15))
+                    h.update(f.read(block))
+        return h.hexdigest()[:32]
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index_path = directory / index_name
+        if index_path.is_file():
+            try:
+                weight_map = json.loads(index_path.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise CheckpointError(f"{index_path}: not a shard index ({exc})") from exc
+            shards = sorted(set(weight_map.values()))
+            missing = [s for s in shards if not (directory / s).is_file()]
+            if missing:
+                raise CheckpointError(f"{index_path}: shard file(s) missing: {', '.join(missing)}")
+            return [directory / s for s in shards]
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / single).is_file():
+            return [directory / single]
+    raise CheckpointError(f"{directory}: no weights found (looked for {', '.join(WEIGHT_FILES)})")
+
+
+def open_checkpoint(path_or_id: str | os.PathLike) -> Checkpoint:
+    directory = resolve(path_or_id)
+    config_path = directory / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_path}: invalid JSON ({exc})") from exc
+    return Checkpoint(dir=directory, name=str(path_or_id), config=config, files=_weight_files(directory))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Name maps: our parameter names -> checkpoint tensor names.
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Parameters whose name matches `ours` (a regex over our names) come from checkpoint tensor
+    `theirs` (a template using the regex groups), optionally passed through `transform`."""
+
+    ours: str
+    theirs: str
+    transform: Transform | None = None
+
+
+def rows(index: int, parts: int) -> Transform:
+    """The index-th of `parts` equal row blocks, for fused checkpoint tensors (e.g. in_proj_weight)."""
+    return lambda t: t.chunk(parts, dim=0)[index]
+
+
+def source_of(our_name: str, rules: Iterable[Rule]) -> tuple[str, Transform | None]:
+    for rule in rules:
+        m = re.fullmatch(rule.ours, our_name)
+        if m:
+            return m.expand(rule.theirs), rule.transform
+    raise CheckpointError(f"internal: no checkpoint rule for our parameter {our_name!r}")
+
+
+def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
+    """Construct a module without allocating or initialising its weights."""
+    with torch.device("meta"):
+        return factory()
+
+
+def load_weights(
+    module: nn.Module,
+    ckpt: Checkpoint,
+    rules: list[Rule],
+    *,
+    ignore: Iterable[str] = (),
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    family: str = "",
+    keep_fp32: Iterable[str] = (),
+) -> nn.Module:
+    """Fill every parameter of `module` (built on the meta device) from `ckpt` through `rules`.
+
+    Strict in both directions: a parameter without its checkpoint tensor, a checkpoint tensor that
+    nothing uses (and that no `ignore` regex names), or a shape mismatch is a CheckpointError naming
+    the file and the tensor. `keep_fp32` regexes name parameters kept in float32 whatever `dtype` is."""
+    where = ckpt.describe_files()
+    available = set(ckpt.tensor_names())
+    used: set[str] = set()
+    keep = [re.compile(p) for p in keep_fp32]
+    label = f"{family} " if family else ""
+    plan = []
+    for our_name, param in list(module.named_parameters()):
+        theirs, transform = source_of(our_name, rules)
+        if theirs not in available:
+            raise CheckpointError(f"{where}: tensor {theirs!r} is missing (needed for the {label}model's {our_name})")
+        plan.append((our_name, param, theirs, transform))
+    for our_name, param, theirs, transform in plan:
+        tensor = ckpt.read(theirs)
+        if transform is not None:
+            tensor = transform(tensor)
+        if tuple(tensor.shape) != tuple(param.shape):
+            raise CheckpointError(
+                f"{ckpt.file_of(theirs)}: tensor {theirs!r} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(param.shape)} for the {label}model's {our_name} (does config.json match the weights?)")
+        target = torch.float32 if any(p.search(our_name) for p in keep) else dtype
+        value = tensor.to(device=device, dtype=target if tensor.is_floating_point() else tensor.dtype, copy=False)
+        _set_parameter(module, our_name, nn.Parameter(value.contiguous(), requires_grad=False))
+        used.add(theirs)
+    ignored = [re.compile(p) for p in ignore]
+    unexpected = sorted(n for n in available - used if not any(p.fullmatch(n) for p in ignored))
+    if unexpected:
+        shown = ", ".join(repr(n) for n in unexpected[:5]) + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
+        raise CheckpointError(f"{ckpt.file_of(unexpected[0])}: unexpected tensor(s) {shown} "
+                              f"(not part of a {label}model with this config)")
+    ckpt.close()
+    for buf_name, buf in list(module.named_buffers()):
+        if buf.is_meta:
+            raise CheckpointError(f"internal: buffer {buf_name} left on the meta device")
+    return module
+
+
+def _set_parameter(module: nn.Module, dotted: str, value: nn.Parameter) -> None:
+    *path, leaf = dotted.split(".")
+    owner = module
+    for part in path:
+        owner = getattr(owner, part)
+    owner._parameters[leaf] = value
+

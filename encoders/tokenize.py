@@ -1,0 +1,220 @@
+"""Texts in: one Tokenizer interface over every vocabulary format a checkpoint may ship.
+
+`tokenizer.json` (current layout) runs through the `tokenizers` library, whose file already carries the
+normaliser, special tokens and post-processor. The older hub layout ships only the "slow" files
+(`spiece.model`, `sentencepiece.bpe.model`, `vocab.txt`, `vocab.json` + `merges.txt`); for those,
+`tokenizer_config.json`'s `tokenizer_class` picks a builder in SLOW_BUILDERS that reproduces that
+tokenizer's rules. Truncation and padding follow `tokenizer_config.json` and the model family.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import CheckpointError
+
+
+@dataclass
+class Encoded:
+    input_ids: torch.Tensor       # (B, L) int64
+    attention_mask: torch.Tensor  # (B, L) int64, 1 = real token
+
+
+class Tokenizer:
+    """encode_fn(text, max_length) -> ids with special tokens, truncated; decode_fn(ids) -> text."""
+
+    def __init__(self, encode_fn: Callable[[str, int], list[int]], decode_fn: Callable[[list[int]], str], *,
+                 max_length: int, pad_id: int, pad_to_max_length: bool, special_ids: set[int],
+                 token_to_id: Callable[[str], int | None]):
+        self._encode = encode_fn
+        self._decode = decode_fn
+        self.max_length = max_length
+        self.pad_id = pad_id
+        self.pad_to_max_length = pad_to_max_length
+        self.special_ids = special_ids
+        self.token_to_id = token_to_id
+
+    def encode(self, text: str, max_length: int | None = None) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"texts must be str, got {type(text).__name__}")
+        return self._encode(text, max_length or self.max_length)
+
+    def __call__(self, texts: list[str], *, max_length: int | None = None, pad_to_max_length: bool | None = None) -> Encoded:
+        limit = max_length or self.max_length
+        rows = [self.encode(t, limit) for t in texts]
+        to_max = self.pad_to_max_length if pad_to_max_length is None else pad_to_max_length
+        width = limit if to_max else max((len(r) for r in rows), default=0)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, :len(row)] = 1
+        return Encoded(ids, mask)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self.special_ids]
+        return self._decode(list(ids))
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: invalid JSON ({exc})") from exc
+
+
+def _token_str(value) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+def tokenizer_settings(directory: Path) -> dict:
+    """tokenizer_config.json merged with special_tokens_map.json (old layout keeps specials there)."""
+    config = _read_json(directory / "tokenizer_config.json")
+    for key, value in _read_json(directory / "special_tokens_map.json").items():
+        config.setdefault(key, value)
+    return config
+
+
+def _model_max_length(config: dict, default: int) -> int:
+    value = config.get("model_max_length")
+    # transformers writes a huge sentinel (1e30) when the checkpoint sets no limit
+    if isinstance(value, (int, float)) and 0 < value < 1_000_000:
+        return int(value)
+    return default
+
+
+def load_tokenizer(directory: str | Path, *, default_max_length: int, pad_to_max_length: bool = False,
+                   max_length: int | None = None) -> Tokenizer:
+    """The checkpoint's tokenizer. `default_max_length` (the model's position limit) applies when the
+    tokenizer config sets none; `pad_to_max_length` for models trained on fixed-length text (SigLIP)."""
+    directory = Path(directory)
+    config = tokenizer_settings(directory)
+    limit = max_length or _model_max_length(config, default_max_length)
+    if (directory / "tokenizer.json").is_file():
+        return _fast_tokenizer(directory / "tokenizer.json", config, limit, pad_to_max_length)
+    cls = (config.get("tokenizer_class") or "").removesuffix("Fast")
+    builder = SLOW_BUILDERS.get(cls)
+    if builder is None:
+        present = sorted(p.name for p in directory.iterdir() if p.suffix in (".model", ".txt", ".json"))
+        raise CheckpointError(f"{directory}: no tokenizer.json and no reader for tokenizer_class {cls or '(unset)'!r} "
+                              f"(files: {', '.join(present)})")
+    return builder(directory, config, limit, pad_to_max_length)
+
+
+def _fast_tokenizer(path: Path, config: dict, limit: int, pad_to_max_length: bool) -> Tokenizer:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    try:
+        tok = HFTokenizer.from_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: unreadable tokenizer ({exc})") from exc
+    tok.no_padding()
+    tok.no_truncation()
+    pad = _token_str(config.get("pad_token"))
+    pad_id = tok.token_to_id(pad) if pad else None
+    special_ids = {tok.token_to_id(t.content) for t in tok.get_added_tokens_decoder().values() if t.special}
+
+    def encode(text: str, max_length: int) -> list[int]:
+        if tok.truncation is None or tok.truncation["max_length"] != max_length:
+            tok.enable_truncation(max_length)
+        return tok.encode(text, add_special_tokens=True).ids
+
+    return Tokenizer(encode, lambda ids: tok.decode(ids, skip_special_tokens=False), max_length=limit,
+                     pad_id=pad_id if pad_id is not None else 0, pad_to_max_length=pad_to_max_length,
+                     special_ids={i for i in special_ids if i is not None}, token_to_id=tok.token_to_id)
+
+
+def _special_tokens(config: dict) -> dict[str, dict]:
+    """Special/added token strings -> their AddedToken flags (lstrip/rstrip)."""
+    found: dict[str, dict] = {}
+    for entry in (config.get("added_tokens_decoder") or {}).values():
+        found[entry["content"]] = entry
+    for key in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"):
+        value = config.get(key)
+        content = _token_str(value)
+        if content and content not in found:
+            found[content] = value if isinstance(value, dict) else {"content": content}
+    return found
+
+
+def split_on_special(text: str, specials: dict[str, dict]) -> list[tuple[str, bool]]:
+    """Split text around special-token strings (longest first) -> [(piece, is_special)], honouring
+    each token's lstrip/rstrip like transformers' added-token handling."""
+    if not specials:
+        return [(text, False)]
+    pattern = "(" + "|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)) + ")"
+    pieces = [p for p in re.split(pattern, text)]
+    out: list[list] = [[p, p in specials] for p in pieces]
+    for i, (piece, special) in enumerate(out):
+        if not special:
+            continue
+        flags = specials[piece]
+        if flags.get("rstrip") and i + 1 < len(out):
+            out[i + 1][0] = out[i + 1][0].lstrip()
+        if flags.get("lstrip") and i > 0:
+            out[i - 1][0] = out[i - 1][0].rstrip()
+    return [(p, s) for p, s in out if p]
+
+
+SPIECE_UNDERLINE = "\u2581"
+
+
+def _siglip_sentencepiece(directory: Path, config: dict, limit: int, pad_to_max_length: bool) -> Tokenizer:
+    """SigLIP's slow tokenizer: canonicalise (lower-case, drop punctuation, fold spaces), sentencepiece
+    with the unk-prefix trick, then `</s>`."""
+    import sentencepiece as spm
+
+    model_path = directory / "spiece.model"
+    if not model_path.is_file():
+        raise CheckpointError(f"{directory}: tokenizer_class SiglipTokenizer needs spiece.model, which is missing")
+    sp = spm.SentencePieceProcessor()
+    sp.Load(str(model_path))
+    lower = config.get("do_lower_case", True)
+    unk = _token_str(config.get("unk_token")) or "<unk>"
+    eos = _token_str(config.get("eos_token")) or "</s>"
+    pad = _token_str(config.get("pad_token")) or eos
+    specials = _special_tokens(config)
+    unk_len = len(sp.encode(unk, out_type=str))
+    punctuation = str.maketrans("", "", string.punctuation)
+
+    def piece_ids(chunk: str) -> list[str]:
+        if lower:
+            chunk = chunk.lower()
+        chunk = re.sub(r"\s+", " ", chunk.translate(punctuation)).strip()
+        pieces = sp.encode(unk + chunk, out_type=str)
+        return pieces[unk_len:] if len(pieces) >= unk_len else pieces
+
+    def to_id(token: str) -> int:
+        return sp.piece_to_id(token)
+
+    def encode(text: str, max_length: int) -> list[int]:
+        tokens: list[str] = []
+        for piece, special in split_on_special(SPIECE_UNDERLINE + text.replace(SPIECE_UNDERLINE, " "), specials):
+            tokens.extend([piece] if special else piece_ids(piece))
+        if len(tokens) > 1 and tokens[0] == SPIECE_UNDERLINE and tokens[1] in specials:
+            tokens = tokens[1:]
+        ids = [to_id(t) for t in tokens][: max_length - 1]
+        return ids + [to_id(eos)]
+
+    special_ids = {to_id(t) for t in specials}
+    return Tokenizer(encode, lambda ids: sp.decode(ids), max_length=limit, pad_id=to_id(pad),
+                     pad_to_max_length=pad_to_max_length, special_ids=special_ids,
+                     token_to_id=lambda t: to_id(t))
+
+
+# tokenizer_class (without "Fast") -> builder(directory, tokenizer settings, max_length, pad_to_max_length)
+SLOW_BUILDERS: dict[str, Callable[[Path, dict, int, bool], Tokenizer]] = {
+    "SiglipTokenizer": _siglip_sentencepiece,
+}

@@ -1,0 +1,61 @@
+"""SigLIP parity with transformers on both checkpoint layouts."""
+
+import numpy as np
+import pytest
+import torch
+
+import encoders
+from images import TEXTS, mixed_batch
+
+
+def reference_features(ckpt_dir, images, texts):
+    from transformers import AutoProcessor, SiglipModel
+
+    model = SiglipModel.from_pretrained(ckpt_dir).eval()
+    processor = AutoProcessor.from_pretrained(ckpt_dir)
+    with torch.no_grad():
+        pix = processor(images=images, return_tensors="pt")
+        img = model.get_image_features(**pix).pooler_output
+        tok = processor(text=texts, padding="max_length", truncation=True, return_tensors="pt")
+        txt = model.get_text_features(**tok).pooler_output
+    norm = lambda t: (t / t.norm(dim=-1, keepdim=True)).numpy()
+    return norm(img), norm(txt), tok["input_ids"].numpy()
+
+
+@pytest.mark.parametrize("layout", ["current", "legacy"])
+def test_siglip_matches_transformers(layout, tiny_siglip_dir, tiny_siglip_legacy_dir):
+    ckpt = tiny_siglip_dir if layout == "current" else tiny_siglip_legacy_dir
+    images = mixed_batch()
+    ref_img, ref_txt, ref_ids = reference_features(tiny_siglip_dir, images, TEXTS)
+
+    enc = encoders.load(str(ckpt))
+    assert (enc.family, enc.dim) == ("siglip", 32)
+    ours_ids = enc.tokenizer(TEXTS).input_ids.numpy()
+    np.testing.assert_array_equal(ours_ids, ref_ids)
+    img = enc.encode_images(images)
+    txt = enc.encode_texts(TEXTS)
+    assert img.dtype == np.float32 and img.shape == (len(images), 32)
+    np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1.0, atol=1e-5)
+    assert np.abs(img - ref_img).max() <= 1e-4
+    assert np.abs(txt - ref_txt).max() <= 1e-4
+
+
+def test_siglip_bf16_close_to_fp32(tiny_siglip_dir):
+    images = mixed_batch()
+    fp32 = encoders.load(str(tiny_siglip_dir))
+    bf16 = encoders.load(str(tiny_siglip_dir), dtype="bfloat16")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    for a, b in ((fp32.encode_images(images), bf16.encode_images(images)),
+                 (fp32.encode_texts(TEXTS), bf16.encode_texts(TEXTS))):
+        assert b.dtype == np.float32
+        assert (a * b).sum(axis=1).min() >= 0.99
+
+
+def test_siglip_batching_does_not_change_results(tiny_siglip_dir):
+    enc = encoders.load(str(tiny_siglip_dir))
+    images = mixed_batch()
+    whole = enc.encode_images(images)
+    enc.image_batch = 2
+    np.testing.assert_allclose(enc.encode_images(images), whole, atol=1e-5)
+    assert enc.encode_images([]).shape == (0, 32)
+    assert enc.encode_texts([]).shape == (0, 32)
