@@ -50,6 +50,19 @@ class Hit:
     score: float
 
 
+@dataclass(frozen=True)
+class UpsertRow:
+    """One item for CollectionHandle.upsert: the uri is the key; the vector is already encoded."""
+
+    uri: str
+    sha256: str
+    width: int
+    height: int
+    vector: np.ndarray
+    meta: dict
+    caption: str | None = None
+
+
 class Store:
     """An open data dir. Thread-safe; one per process is enough."""
 
@@ -192,6 +205,46 @@ class CollectionHandle:
         return self.catalog.items_by_id(self.id, list(ids))
 
     # ---- writes ------------------------------------------------------------------------------------------------
+
+    def upsert(self, rows: "list[UpsertRow]") -> list[tuple[int, str | None]]:
+        """Insert or replace items keyed by uri, in one write transaction (the gRPC Upsert). Returns, per row,
+        (item id, None) or (id of the live item that already holds this content, why nothing was written):
+        content (sha256) stays unique among live items. The open index is updated."""
+        from sqlalchemy import select
+
+        from indexer.catalog import utcnow
+
+        out: list[tuple[int, str | None]] = []
+        changed: list[tuple[Item, np.ndarray]] = []
+        with self.catalog.write(self.id) as (s, rev):
+            by_uri = {row.uri: row for row in s.scalars(
+                select(Item).where(self.catalog.live(self.id), Item.uri.in_([r.uri for r in rows])))}
+            by_sha = self.catalog.existing_shas(s, self.id, [r.sha256 for r in rows])
+            now = utcnow()
+            for r in rows:
+                vec = np.ascontiguousarray(r.vector, dtype="<f4")
+                if vec.shape != (self.dim,):
+                    raise InvalidInput(f"upsert {r.uri}: vector has shape {vec.shape}, collection dim is {self.dim}")
+                row, owner = by_uri.get(r.uri), by_sha.get(r.sha256)
+                if owner is not None and (row is None or owner != row.id):
+                    out.append((owner, f"the same image is already item {owner} of collection {self.name!r}"))
+                    continue
+                if row is None:
+                    row = Item(collection_id=self.id, uri=r.uri, created=now, deleted=False)
+                    s.add(row)
+                    by_uri[r.uri] = row
+                elif row.sha256 != r.sha256:
+                    by_sha.pop(row.sha256, None)
+                row.sha256, row.width, row.height, row.vector = r.sha256, r.width, r.height, vec.tobytes()
+                row.meta, row.caption, row.updated, row.rev = dict(r.meta or {}), r.caption, now, rev
+                s.flush()
+                by_sha[r.sha256] = row.id
+                out.append((row.id, None))
+                changed.append((row, vec))
+            ids = np.fromiter((row.id for row, _ in changed), dtype=np.int64, count=len(changed))
+        if changed:
+            self.apply_commit(rev, ids, np.stack([v for _, v in changed]))
+        return out
 
     def delete(self, *, ids: Iterable[int] | None = None, uris: Iterable[str] | None = None, where=None) -> int:
         """Soft-delete live items by id, by uri and/or by an SQLAlchemy expression over Item (all given

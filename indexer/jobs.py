@@ -1,0 +1,532 @@
+"""The bulk indexing pipeline: list -> read + decode + preprocess (worker processes) -> batched encode
+(this process) -> commit every N items in one transaction (rows, vectors, errors, job counts together)
+-> apply to the FAISS index.
+
+    from indexer.jobs import JobOptions, index_paths, index_objects
+    result = index_paths(store, "photos", enc, ["/data/photos", "extra.csv"], JobOptions(workers=2))
+    result = index_objects(store, "photos", enc, [(b"...jpeg bytes...", {"tag": "x"}), ("/a.png", {})])
+
+Resumable: a uri already in the collection is skipped without being read (unless `update`, which reads it
+and re-embeds it when its sha256 changed), and content already in the collection (same sha256) is
+skipped, so rerunning a job adds nothing and a killed job picks up where its last commit ended. A crash
+loses at most the uncommitted batch: the catalog commit is atomic, and the index catches up from the
+catalog when it is next opened.
+
+Bad inputs (corrupt, truncated, empty, non-image, too many pixels, unreadable, dangling links) are
+recorded as job errors and counted; the job goes on. Queues are bounded, so memory stays flat in the
+number of items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import select, update
+
+from encoders.errors import InvalidInput, MMSearchError
+from encoders.preprocess import DEFAULT_MAX_PIXELS, load_image
+from indexer.catalog import Item, Job, JobError, utcnow
+from indexer.sources import SourceItem, check_paths, count_paths, iter_objects, iter_paths
+from indexer.store import CollectionHandle, Store
+
+log = logging.getLogger("mmsearch.indexer")
+
+CAPTION_THUMB = 512  # images handed to the captioner are at most this many pixels on a side
+
+
+class NothingIndexed(MMSearchError):
+    """A job in which every input failed."""
+
+    exit_code = 8
+
+
+@dataclass
+class JobOptions:
+    workers: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) - 1))  # 0: decode in-process
+    batch_size: int = 32  # images per encoder call
+    commit_every: int = 256  # items per catalog transaction
+    update: bool = False  # re-read known uris and re-embed those whose content changed
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    max_bytes: int = 256 * 1024 * 1024
+    progress: bool = False
+    save_every_s: float = 60.0  # how often the index file is rewritten while a job runs
+
+    def check(self) -> None:
+        if not 0 <= self.workers <= 256:
+            raise InvalidInput(f"workers must be 0..256, got {self.workers}")
+        if not 1 <= self.batch_size <= 4096:
+            raise InvalidInput(f"batch size must be 1..4096, got {self.batch_size}")
+        if not 1 <= self.commit_every <= 1_000_000:
+            raise InvalidInput(f"commit-every must be 1..1000000, got {self.commit_every}")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise InvalidInput("max pixels must be positive")
+
+
+@dataclass
+class JobResult:
+    job_id: int
+    state: str
+    seen: int = 0
+    added: int = 0
+    updated: int = 0
+    skipped: int = 0
+    failed: int = 0
+    elapsed_s: float = 0.0
+    decode_s: float = 0.0
+    encode_s: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return (self.added + self.updated) / self.elapsed_s if self.elapsed_s else 0.0
+
+
+@dataclass
+class Decoded:
+    """A decoded, preprocessed image on its way to the encoder."""
+
+    uri: str
+    sha256: str
+    width: int
+    height: int
+    pixels: np.ndarray  # (3, H, W) float32
+    meta: dict
+    thumb: object = None  # small RGB PIL image for the captioner
+    vector: np.ndarray | None = None
+    caption: str | None = None
+
+
+# ---- the worker half ----------------------------------------------------------------------------------------
+
+
+def decode_item(item: SourceItem, preprocessor, max_pixels: int | None, max_bytes: int, want_thumb: bool):
+    """Read, hash, decode and preprocess one input: ("ok", Decoded) or ("err", uri, reason)."""
+    if item.error:
+        return ("err", item.uri, item.error)
+    t0 = time.process_time()
+    try:
+        if item.data is not None:
+            data = item.data
+        else:
+            with open(item.path, "rb") as fh:
+                data = fh.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            return ("err", item.uri, f"file is larger than the {max_bytes // (1024 * 1024)} MiB limit")
+        sha = hashlib.sha256(data).hexdigest()
+        uri = item.uri or f"sha256:{sha}"
+        image = load_image(data, max_pixels=max_pixels, draft_size=getattr(preprocessor, "draft_size", None))
+        width, height = _original_size(data, image)
+        pixels = preprocessor([image])[0].numpy()
+        thumb = None
+        if want_thumb:
+            thumb = image.copy()
+            thumb.thumbnail((CAPTION_THUMB, CAPTION_THUMB))
+        return ("ok", Decoded(uri, sha, width, height, pixels, item.meta, thumb), time.process_time() - t0)
+    except MMSearchError as exc:  # ImageError / TooLarge from the loader: message says why
+        return ("err", item.uri, _strip_label(str(exc)))
+    except OSError as exc:
+        return ("err", item.uri, f"unreadable ({exc.strerror or exc})")
+    except Exception as exc:  # a decoder bug on one file must not stop the job
+        return ("err", item.uri, f"decoder failed ({type(exc).__name__}: {exc})")
+
+
+def _strip_label(message: str) -> str:
+    return message.split(": ", 1)[1] if message.startswith("image bytes: ") else message
+
+
+def _original_size(data: bytes, decoded) -> tuple[int, int]:
+    """Width and height of the full-resolution image after EXIF rotation (draft decoding shrinks `decoded`)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        w, h = im.size
+        if im.format != "JPEG" or decoded.size in ((w, h), (h, w)):
+            return decoded.size
+        orientation = im.getexif().get(0x0112, 1)
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _worker(task_q, result_q, preprocessor, max_pixels, max_bytes, want_thumb, parent_pid):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    while True:
+        try:
+            task = task_q.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent_pid:
+                return  # the job process died (kill -9): do not linger
+            continue
+        if task is None:
+            _put(result_q, ("done",), parent_pid)
+            return
+        seq, item = task
+        _put(result_q, (seq,) + decode_item(item, preprocessor, max_pixels, max_bytes, want_thumb), parent_pid)
+
+
+def _put(q, msg, parent_pid) -> None:
+    while True:
+        try:
+            q.put(msg, timeout=1.0)
+            return
+        except queue.Full:
+            if os.getppid() != parent_pid:
+                raise SystemExit(0)
+
+
+# ---- the main half -------------------------------------------------------------------------------------------
+
+
+def index_paths(store: Store, collection: str, encoder, paths: Iterable[str], options: JobOptions | None = None,
+                *, captioner=None, index_spec: str | None = None) -> JobResult:
+    """Index folders, image files and manifests into `collection` (created and bound to `encoder` if new)."""
+    paths = check_paths(paths)
+    options = options or JobOptions()
+    total = count_paths(paths) if options.progress else None
+    return run_job(store, collection, encoder, iter_paths(paths), options, sources=paths, total=total,
+                   captioner=captioner, index_spec=index_spec)
+
+
+def index_objects(store: Store, collection: str, encoder, objects: Iterable, options: JobOptions | None = None,
+                  *, captioner=None, index_spec: str | None = None) -> JobResult:
+    """Index an iterable of (path or bytes, metadata dict) pairs."""
+    options = options or JobOptions()
+    total = len(objects) if hasattr(objects, "__len__") else None
+    return run_job(store, collection, encoder, iter_objects(objects), options, sources=["<python objects>"],
+                   total=total, captioner=captioner, index_spec=index_spec)
+
+
+def run_job(store: Store, collection: str, encoder, items: Iterator[SourceItem], options: JobOptions, *,
+            sources: list[str], total: int | None = None, captioner=None, index_spec: str | None = None
+            ) -> JobResult:
+    options.check()
+    handle = store.open_or_create(collection, encoder, index_spec)
+    job_id = _start_job(handle, sources, options, captioner)
+    return _Runner(handle, encoder, captioner, options, job_id, total).run(items)
+
+
+def _start_job(handle: CollectionHandle, sources: list[str], options: JobOptions, captioner) -> int:
+    catalog = handle.catalog
+    catalog.mark_stale_jobs(handle.id)
+    unfinished = [j for j in catalog.list_jobs(handle.id, limit=20) if j.state != "done" and j.sources == sources]
+    resumed = unfinished[0].id if unfinished else None
+    with catalog.session() as s:
+        job = Job(collection_id=handle.id, sources=sources, resumed_from=resumed,
+                  options={"workers": options.workers, "batch_size": options.batch_size,
+                           "commit_every": options.commit_every, "update": options.update,
+                           "max_pixels": options.max_pixels,
+                           "caption_model": getattr(captioner, "name", None)})
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+class _Runner:
+    def __init__(self, handle: CollectionHandle, encoder, captioner, options: JobOptions, job_id: int,
+                 total: int | None):
+        self.handle, self.encoder, self.captioner, self.opt = handle, encoder, captioner, options
+        self.catalog = handle.catalog
+        self.job_id = job_id
+        self.total = total
+        self.result = JobResult(job_id=job_id, state="running")
+        self.decoded: list[Decoded] = []  # waiting for the encoder
+        self.encoded: list[Decoded] = []  # waiting for the commit
+        self.errors: list[tuple[str, str]] = []
+        self.pending_counts = dict(seen=0, skipped=0)
+        self.pending_decode_s = 0.0
+        self.pending_encode_s = 0.0
+        self.pending_commit_s = 0.0
+        self.last_save = time.monotonic()
+        self.bar = None
+
+    # the whole job --------------------------------------------------------------------------------------------
+
+    def run(self, items: Iterator[SourceItem]) -> JobResult:
+        t0 = time.perf_counter()
+        self.handle.refresh()  # open (or build) the index before the first commit touches it
+        if self.opt.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="img", dynamic_ncols=True, smoothing=0.1,
+                            desc=f"index {self.handle.name}")
+        state, message = "done", None
+        try:
+            events = self._inline(items) if self.opt.workers == 0 else self._with_workers(items)
+            for event in events:
+                self._handle(event)
+            self._flush(final=True)
+        except KeyboardInterrupt:
+            state, message = "interrupted", "interrupted (Ctrl-C); rerun the same command to resume"
+            raise
+        except BaseException as exc:
+            state, message = "failed", f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            self.result.elapsed_s = time.perf_counter() - t0
+            self._finish(state, message)
+        if self.result.added + self.result.updated + self.result.skipped == 0 and self.result.failed:
+            raise NothingIndexed(f"nothing could be indexed: {self.result.failed} inputs failed "
+                                 f"(see `mmsearch jobs --job {self.job_id}`)")
+        return self.result
+
+    def _finish(self, state: str, message: str | None) -> None:
+        try:
+            self.handle.save_index()
+            if state == "done":
+                self.handle.maybe_retrain()
+        finally:
+            with self.catalog.session() as s:
+                s.execute(update(Job).where(Job.id == self.job_id)
+                          .values(state=state, message=message, finished=utcnow()))
+            self.result.state = state
+
+    # event sources: in-process, or worker processes ----------------------------------------------------------
+
+    def _plan(self, items: Iterator[SourceItem]) -> Iterator[tuple]:
+        """("task", item) for inputs to read, ("skip", uri) for uris already indexed, ("err", uri, reason)."""
+        chunk: list[SourceItem] = []
+
+        def drain():
+            known = self.catalog.existing_uris(self.handle.id, [it.uri for it in chunk if it.uri and not it.error])
+            for it in chunk:
+                if it.error:
+                    yield ("err", it.uri, it.error)
+                elif it.uri in known and not self.opt.update:
+                    yield ("skip", it.uri)
+                else:
+                    yield ("task", it)
+            chunk.clear()
+
+        for it in items:
+            chunk.append(it)
+            if len(chunk) >= 256:
+                yield from drain()
+        yield from drain()
+
+    def _inline(self, items):
+        want_thumb = self.captioner is not None
+        prep = self.encoder.image_preprocessor
+        for ev in self._plan(items):
+            if ev[0] == "task":
+                yield decode_item(ev[1], prep, self.opt.max_pixels, self.opt.max_bytes, want_thumb)
+            else:
+                yield ev
+
+    def _with_workers(self, items):
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        n = self.opt.workers
+        task_q = ctx.Queue(maxsize=4 * n)
+        result_q = ctx.Queue(maxsize=4 * n + 16)
+        args = (task_q, result_q, self.encoder.image_preprocessor, self.opt.max_pixels, self.opt.max_bytes,
+                self.captioner is not None, os.getpid())
+        procs = [ctx.Process(target=_worker, args=args, daemon=True, name=f"mmsearch-decode-{i}")
+                 for i in range(n)]
+        for p in procs:
+            p.start()
+        in_flight: dict[int, str] = {}  # seq -> uri, for inputs a crashed worker never answered
+        stop = threading.Event()
+        feeder_error: list[BaseException] = []
+        feeder_done = threading.Event()
+
+        def feed():
+            try:
+                seq = 0
+                for ev in self._plan(items):
+                    if stop.is_set():
+                        return
+                    if ev[0] == "task":
+                        seq += 1
+                        in_flight[seq] = ev[1].uri
+                        _put_until(task_q, (seq, ev[1]), stop)
+                    else:
+                        _put_until(result_q, (0,) + ev, stop)
+            except BaseException as exc:  # surfaced by the main thread
+                feeder_error.append(exc)
+            finally:
+                feeder_done.set()
+                for _ in procs:
+                    _put_until(task_q, None, stop)
+
+        feeder = threading.Thread(target=feed, name="mmsearch-feeder", daemon=True)
+        feeder.start()
+        finished = 0
+        try:
+            while finished < len(procs):
+                try:
+                    msg = result_q.get(timeout=1.0)
+                except queue.Empty:
+                    self._replace_dead(procs, ctx, args)
+                    continue
+                if msg[0] == "done":
+                    finished += 1
+                    continue
+                seq, ev = msg[0], msg[1:]
+                in_flight.pop(seq, None)
+                yield ev
+            if feeder_error:
+                raise feeder_error[0]
+            for seq, uri in sorted(in_flight.items()):  # lost with a crashed worker
+                yield ("err", uri, "the decoder process crashed on this input")
+        finally:
+            stop.set()
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            for p in procs:
+                p.join(timeout=5)
+            task_q.cancel_join_thread()
+            result_q.cancel_join_thread()
+
+    @staticmethod
+    def _replace_dead(procs, ctx, args) -> None:
+        """Replace workers that died without saying done (a decoder crash); their input is reported at the end."""
+        for i, p in enumerate(procs):
+            if not p.is_alive() and p.exitcode not in (0, None):
+                log.warning("decode worker %s died (exit %s); starting another", p.name, p.exitcode)
+                procs[i] = ctx.Process(target=_worker, args=args, daemon=True, name=p.name)
+                procs[i].start()
+
+    # the pipeline body -----------------------------------------------------------------------------------------
+
+    def _handle(self, ev: tuple) -> None:
+        kind = ev[0]
+        self.pending_counts["seen"] += 1
+        if kind == "ok":
+            self.decoded.append(ev[1])
+            self.pending_decode_s += ev[2]
+            if len(self.decoded) >= self.opt.batch_size:
+                self._encode()
+        elif kind == "skip":
+            self.pending_counts["skipped"] += 1
+        else:
+            self.errors.append((ev[1] or "<bytes>", ev[2]))
+        if self.bar is not None:
+            self.bar.update(1)
+        if len(self.encoded) + len(self.errors) + self.pending_counts["skipped"] >= self.opt.commit_every:
+            self._flush()
+
+    def _encode(self) -> None:
+        batch, self.decoded = self.decoded, []
+        if not batch:
+            return
+        # content already in the collection is not worth encoding (the commit re-checks authoritatively)
+        with self.catalog.session() as s:
+            known = self.catalog.existing_shas(s, self.handle.id, [d.sha256 for d in batch])
+        fresh = [d for d in batch if d.sha256 not in known]
+        self.pending_counts["skipped"] += len(batch) - len(fresh)
+        if not fresh:
+            return
+        import torch
+
+        t0 = time.perf_counter()
+        vecs = self.encoder.encode_pixels(torch.from_numpy(np.stack([d.pixels for d in fresh])))
+        if self.captioner is not None:
+            for d, text in zip(fresh, self.captioner.caption([d.thumb for d in fresh])):
+                d.caption = text
+        self.pending_encode_s += time.perf_counter() - t0
+        for d, v in zip(fresh, vecs):
+            d.pixels, d.thumb = None, None  # free the big arrays now
+            if np.isfinite(v).all():
+                d.vector = np.ascontiguousarray(v, dtype="<f4")
+                self.encoded.append(d)
+            else:
+                self.errors.append((d.uri, "the encoder produced a non-finite vector"))
+
+    def _flush(self, final: bool = False) -> None:
+        self._encode()
+        t0 = time.perf_counter()
+        self._commit()
+        self.pending_commit_s += time.perf_counter() - t0
+        if self.bar is not None:
+            self.bar.set_postfix(added=self.result.added, skipped=self.result.skipped, errors=self.result.failed)
+        if not final and time.monotonic() - self.last_save > self.opt.save_every_s:
+            self.handle.save_index()
+            self.last_save = time.monotonic()
+
+    def _commit(self) -> None:
+        """One transaction: new and changed items with their vectors, errors, job counts. Then the index."""
+        batch, errors = self.encoded, self.errors
+        counts = dict(self.pending_counts)
+        if not batch and not errors and not counts["seen"]:
+            return
+        cid = self.handle.id
+        added = updated = skipped = 0
+        changed: list[tuple[Item, np.ndarray]] = []
+        with self.catalog.write(cid) as (s, rev):
+            known_sha = self.catalog.existing_shas(s, cid, [d.sha256 for d in batch])
+            by_uri: dict[str, Item] = {}
+            if self.opt.update and batch:
+                for chunk_start in range(0, len(batch), 900):
+                    uris = [d.uri for d in batch[chunk_start:chunk_start + 900]]
+                    for row in s.scalars(select(Item).where(self.catalog.live(cid), Item.uri.in_(uris))):
+                        by_uri[row.uri] = row
+            now = utcnow()
+            for d in batch:
+                if d.sha256 in known_sha:
+                    skipped += 1  # same content already indexed (unchanged file, or a copy elsewhere)
+                    continue
+                known_sha[d.sha256] = -1
+                row = by_uri.get(d.uri)
+                if row is not None:  # --update: the file at this uri changed
+                    row.sha256, row.width, row.height = d.sha256, d.width, d.height
+                    row.vector, row.updated, row.rev = d.vector.tobytes(), now, rev
+                    if d.meta:
+                        row.meta = d.meta
+                    if d.caption is not None:
+                        row.caption = d.caption
+                    updated += 1
+                else:
+                    row = Item(collection_id=cid, uri=d.uri, sha256=d.sha256, width=d.width, height=d.height,
+                               caption=d.caption, meta=d.meta or {}, vector=d.vector.tobytes(), created=now,
+                               updated=now, deleted=False, rev=rev)
+                    s.add(row)
+                    added += 1
+                changed.append((row, d.vector))
+            s.flush()
+            for uri, reason in errors:
+                s.add(JobError(job_id=self.job_id, uri=uri[:4000], reason=reason[:2000]))
+            skipped += counts["skipped"]
+            s.execute(update(Job).where(Job.id == self.job_id).values(
+                seen=Job.seen + counts["seen"], added=Job.added + added, updated_count=Job.updated_count + updated,
+                skipped=Job.skipped + skipped, failed=Job.failed + len(errors),
+                decode_s=Job.decode_s + self.pending_decode_s, encode_s=Job.encode_s + self.pending_encode_s,
+                commit_s=Job.commit_s + self.pending_commit_s))
+            ids = np.fromiter((row.id for row, _ in changed), dtype=np.int64, count=len(changed))
+        vecs = np.stack([v for _, v in changed]) if changed else np.zeros((0, self.handle.dim), np.float32)
+        self.handle.apply_commit(rev, ids, vecs)
+        r = self.result
+        r.seen += counts["seen"]
+        r.added += added
+        r.updated += updated
+        r.skipped += skipped
+        r.failed += len(errors)
+        r.decode_s += self.pending_decode_s
+        r.encode_s += self.pending_encode_s
+        self.encoded, self.errors = [], []
+        self.pending_counts = dict(seen=0, skipped=0)
+        self.pending_decode_s = self.pending_encode_s = self.pending_commit_s = 0.0
+
+
+def _put_until(q, item, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.5)
+            return
+        except queue.Full:
+            continue
