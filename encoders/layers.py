@@ -244,3 +244,71 @@ def clip_layer_rules(ours: str, theirs: str):
         Rule(rf"{o}\.(\d+)\.attn\.(q|k|v|out)_proj\.(weight|bias)", rf"{t}.\1.self_attn.\2_proj.\3"),
         Rule(rf"{o}\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", rf"{t}.\1.mlp.\2.\3"),
     ]
+
+
+class TextEmbeddings(nn.Module):
+    """BERT-family input embeddings: word + position (+ token type), then LayerNorm.
+
+    With `padding_idx` set, positions follow RoBERTa / XLM-R (fairseq): real tokens count up from
+    padding_idx + 1 and pad tokens sit at padding_idx; without it, positions are 0..L-1 (BERT, BLIP)."""
+
+    def __init__(self, vocab_size: int, dim: int, max_positions: int, *, type_vocab_size: int = 0,
+                 eps: float = 1e-12, padding_idx: int | None = None):
+        super().__init__()
+        self.padding_idx = padding_idx
+        self.word_embed = nn.Embedding(vocab_size, dim)
+        self.pos_embed = nn.Embedding(max_positions, dim)
+        self.type_embed = nn.Embedding(type_vocab_size, dim) if type_vocab_size else None
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def positions(self, input_ids: torch.Tensor, past_length: int = 0) -> torch.Tensor:
+        if self.padding_idx is None:
+            return torch.arange(past_length, past_length + input_ids.shape[1], device=input_ids.device)[None]
+        real = input_ids.ne(self.padding_idx).long()
+        return (real.cumsum(dim=1) + past_length) * real + self.padding_idx
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                past_length: int = 0) -> torch.Tensor:
+        x = self.word_embed(input_ids)
+        if self.type_embed is not None:
+            x = x + (self.type_embed(token_type_ids) if token_type_ids is not None else self.type_embed.weight[0])
+        x = x + self.pos_embed(self.positions(input_ids, past_length))
+        return self.norm(x)
+
+
+def bert_embedding_rules(ours: str, theirs: str):
+    """Checkpoint rules for TextEmbeddings stored in the BERT naming (word_embeddings, position_embeddings,
+    token_type_embeddings, LayerNorm) under the prefixes `ours` / `theirs` (e.g. "text.embed" / "bert.embeddings")."""
+    from .checkpoint import Rule
+
+    o = ours.replace(".", r"\.")
+    return [
+        Rule(rf"{o}\.word_embed\.weight", f"{theirs}.word_embeddings.weight"),
+        Rule(rf"{o}\.pos_embed\.weight", f"{theirs}.position_embeddings.weight"),
+        Rule(rf"{o}\.type_embed\.weight", f"{theirs}.token_type_embeddings.weight"),
+        Rule(rf"{o}\.norm\.(weight|bias)", rf"{theirs}.LayerNorm.\1"),
+    ]
+
+
+def bert_layer_rules(ours: str, theirs: str):
+    """Checkpoint rules for a PostNormBlock stack stored in the BERT naming (attention.self.query/key/value,
+    attention.output.dense/LayerNorm, [crossattention.*], intermediate.dense, output.dense/LayerNorm), used by
+    BERT, XLM-R (AltCLIP's text tower) and BLIP's text model. `ours` / `theirs` are the stack prefixes,
+    e.g. "text.blocks" / "roberta.encoder.layer"."""
+    from .checkpoint import Rule
+
+    o, t = ours.replace(".", r"\."), theirs
+    rules = []
+    for our_attn, our_norm, their_attn in (("attn", "attn_norm", "attention"), ("cross_attn", "cross_norm", "crossattention")):
+        rules += [
+            Rule(rf"{o}\.(\d+)\.{our_attn}\.q_proj\.(weight|bias)", rf"{t}.\1.{their_attn}.self.query.\2"),
+            Rule(rf"{o}\.(\d+)\.{our_attn}\.k_proj\.(weight|bias)", rf"{t}.\1.{their_attn}.self.key.\2"),
+            Rule(rf"{o}\.(\d+)\.{our_attn}\.v_proj\.(weight|bias)", rf"{t}.\1.{their_attn}.self.value.\2"),
+            Rule(rf"{o}\.(\d+)\.{our_attn}\.out_proj\.(weight|bias)", rf"{t}.\1.{their_attn}.output.dense.\2"),
+            Rule(rf"{o}\.(\d+)\.{our_norm}\.(weight|bias)", rf"{t}.\1.{their_attn}.output.LayerNorm.\2"),
+        ]
+    return rules + [
+        Rule(rf"{o}\.(\d+)\.mlp\.fc1\.(weight|bias)", rf"{t}.\1.intermediate.dense.\2"),
+        Rule(rf"{o}\.(\d+)\.mlp\.fc2\.(weight|bias)", rf"{t}.\1.output.dense.\2"),
+        Rule(rf"{o}\.(\d+)\.mlp_norm\.(weight|bias)", rf"{t}.\1.output.LayerNorm.\2"),
+    ]
