@@ -408,6 +408,13 @@ class Catalog:
                 stmt = stmt.where(Job.collection_id == collection_id)
             return list(s.scalars(stmt))
 
+    def get_job(self, job_id: int) -> Job:
+        with self.session() as s:
+            job = s.get(Job, int(job_id))
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        return job
+
     def job_errors(self, job_id: int, *, limit: int | None = None) -> list[JobError]:
         with self.session() as s:
             stmt = select(JobError).where(JobError.job_id == job_id).order_by(JobError.id)
