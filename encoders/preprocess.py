@@ -60,15 +60,15 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     """16-bit and float greyscale -> 8-bit L, scaling instead of clipping."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         arr = np.asarray(image, dtype=np.uint16)
-        return Image.fromarray((arr >> 8).astype(np.uint8), "L")
+        return Image.fromarray((arr >> 8).astype(np.uint8))
     if image.mode == "I":
         arr = np.asarray(image, dtype=np.int64)
         top = 65535 if arr.max(initial=0) > 255 else 255
-        return Image.fromarray((np.clip(arr, 0, top) * (255 / top)).astype(np.uint8), "L")
+        return Image.fromarray((np.clip(arr, 0, top) * (255 / top)).astype(np.uint8))
     if image.mode == "F":
         arr = np.asarray(image, dtype=np.float32)
         top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
-        return Image.fromarray((np.clip(arr / top, 0, 1) * 255).round().astype(np.uint8), "L")
+        return Image.fromarray((np.clip(arr / top, 0, 1) * 255).round().astype(np.uint8))
     return image
 
 
