@@ -140,6 +140,99 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from search.server import ServerConfig, serve
+
+    token = args.token or os.environ.get("MMSEARCH_TOKEN") or None
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as fh:
+            token = fh.read().strip()
+    overrides = dict(address=args.address, data_dir=args.data_dir, db=args.db, token=token, tls_cert=args.tls_cert,
+                     tls_key=args.tls_key, workers=args.workers, max_message_mb=args.max_message_mb,
+                     batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, device=args.device,
+                     batching=False if args.no_batching else None)
+    if args.config:
+        config = ServerConfig.from_file(args.config, **overrides)
+    else:
+        config = ServerConfig(**{k: v for k, v in overrides.items() if v is not None})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return serve(config)
+
+
+def _query_via_server(args: argparse.Namespace, image: bytes | None) -> dict:
+    import grpc
+
+    from encoders.errors import Conflict, InvalidInput, NotFound, TooLarge
+    from search.client import SearchClient
+
+    token = args.token or os.environ.get("MMSEARCH_TOKEN") or None
+    roots = None
+    if args.ca:
+        with open(args.ca, "rb") as fh:
+            roots = fh.read()
+    try:
+        with SearchClient(args.server, token=token, tls=args.tls, root_certificates=roots, timeout=args.timeout) as client:
+            r = client.search(args.collection, text=args.text, image=image, top_k=args.k, filter=args.filter or "",
+                              rerank_model=args.rerank or "", rerank_depth=args.depth, include_metadata=True,
+                              include_caption=True)
+    except grpc.RpcError as exc:
+        errors = {grpc.StatusCode.INVALID_ARGUMENT: InvalidInput, grpc.StatusCode.NOT_FOUND: NotFound,
+                  grpc.StatusCode.RESOURCE_EXHAUSTED: TooLarge, grpc.StatusCode.FAILED_PRECONDITION: Conflict}
+        raise errors.get(exc.code(), MMSearchError)(f"{exc.code().name}: {exc.details()}") from None
+    from search.server import struct_to_dict
+
+    hits = [{"id": h.id, "score": h.score, "rerank_score": h.rerank_score if h.HasField("rerank_score") else None,
+             "uri": h.uri, "caption": h.caption, "metadata": struct_to_dict(h.metadata)} for h in r.hits]
+    timing = {k: round(getattr(r.timing, k), 3) for k in ("encode_ms", "filter_ms", "ann_ms", "fetch_ms", "rerank_ms",
+                                                           "caption_ms", "total_ms")}
+    return {"hits": hits, "timing": timing, "filter_strategy": r.filter_strategy}
+
+
+def _query_local(args: argparse.Namespace, image: bytes | None) -> dict:
+    from search.pipeline import Models, Query, Searcher
+
+    models = Models(batching=False, device=args.device)
+    with _open_store(args) as store:
+        result = Searcher(store, models).search(Query(
+            collection=args.collection, text=args.text, image=image, top_k=args.k, filter=args.filter or "",
+            rerank_model=args.rerank or "", rerank_depth=args.depth, include_metadata=True, include_caption=True))
+    hits = [{"id": h.id, "score": h.score, "rerank_score": h.rerank_score, "uri": h.uri, "caption": h.caption or "",
+             "metadata": h.metadata or {}} for h in result.hits]
+    return {"hits": hits, "timing": {k: round(v, 3) for k, v in result.timing.items()},
+            "filter_strategy": result.filter_strategy}
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from encoders.errors import InvalidInput
+
+    if (args.text is None) == (args.image is None):
+        raise InvalidInput("query: give either TEXT or --image FILE")
+    image = None
+    if args.image:
+        try:
+            with open(args.image, "rb") as fh:
+                image = fh.read()
+        except OSError as exc:
+            raise InvalidInput(f"query: cannot read {args.image}: {exc.strerror or exc}") from None
+    out = _query_via_server(args, image) if args.server else _query_local(args, image)
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False))
+        return 0
+    reranked = any(h["rerank_score"] is not None for h in out["hits"])
+    print("rank\tid\tscore" + ("\trerank" if reranked else "") + "\turi\tcaption\tmetadata")
+    for rank, h in enumerate(out["hits"], 1):
+        rr = "" if h["rerank_score"] is None else f"{h['rerank_score']:.4f}"
+        print(f"{rank}\t{h['id']}\t{h['score']:.4f}" + (f"\t{rr}" if reranked else "")
+              + f"\t{h['uri']}\t{h['caption']}\t{json.dumps(h['metadata'], ensure_ascii=False) if h['metadata'] else ''}")
+    t = out["timing"]
+    print(f"{len(out['hits'])} hits in {t['total_ms']:.1f} ms (encode {t['encode_ms']:.1f}, filter {t['filter_ms']:.1f}, "
+          f"ann {t['ann_ms']:.1f}, rerank {t['rerank_ms']:.1f}; filter strategy {out['filter_strategy']})",
+          file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmsearch", description="Multimodal embedding search and retrieval.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -198,6 +291,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     data_args(p)
     p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("serve", help="run the gRPC search server (SIGTERM drains in-flight calls and exits)")
+    p.add_argument("--address", default=None, help="HOST:PORT to listen on (default 127.0.0.1:50051; port 0 picks one)")
+    p.add_argument("--data-dir", default=None, help="data directory (default $MMSEARCH_DATA or ./mmsearch-data)")
+    p.add_argument("--db", default=None, help="catalog SQLAlchemy URL (default $MMSEARCH_DB or SQLite in the data dir)")
+    p.add_argument("--config", help="TOML file with ServerConfig keys (flags given here win)")
+    p.add_argument("--token", help="require 'authorization: Bearer TOKEN' metadata (also $MMSEARCH_TOKEN)")
+    p.add_argument("--token-file", help="read the bearer token from this file")
+    p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: serve TLS)")
+    p.add_argument("--tls-key", help="PEM private key")
+    p.add_argument("--workers", type=int, default=None, help="RPC thread pool size (default 16)")
+    p.add_argument("--max-message-mb", type=float, default=None, help="largest request/response (default 64)")
+    p.add_argument("--batch-max", type=int, default=None, help="largest encoder batch (default 32)")
+    p.add_argument("--batch-wait-ms", type=float, default=None, help="longest wait to fill a batch (default 2)")
+    p.add_argument("--no-batching", action="store_true", help="call the encoder once per request")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("query", help="search a collection, through a server (--server) or in a data directory")
+    p.add_argument("text", nargs="?", default=None, metavar="TEXT")
+    p.add_argument("--image", metavar="FILE", help="query by image instead of text")
+    p.add_argument("--collection", required=True)
+    p.add_argument("-k", "--top-k", dest="k", type=int, default=10)
+    p.add_argument("--filter", help="filter expression, e.g. 'width >= 512 AND meta.license IN (\"cc0\")'")
+    p.add_argument("--rerank", metavar="MODEL", help="rerank with this BLIP / BLIP-2 ITM checkpoint")
+    p.add_argument("--depth", type=int, default=0, help="candidates to rerank (default 128, at most 256)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--server", metavar="HOST:PORT", help="ask a running server instead of opening the data dir")
+    p.add_argument("--token", help="bearer token for --server (also $MMSEARCH_TOKEN)")
+    p.add_argument("--tls", action="store_true", help="connect to --server over TLS")
+    p.add_argument("--ca", help="PEM root certificate(s) for --tls")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds (with --server)")
+    p.add_argument("--device", default="cpu")
+    data_args(p)
+    p.set_defaults(func=cmd_query)
 
     return parser
 

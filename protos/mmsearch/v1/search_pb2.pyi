@@ -22,7 +22,7 @@ class RerankOptions(_message.Message):
     def __init__(self, model: _Optional[str] = ..., depth: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "image", "vector", "item_id", "top_k", "filter", "rerank", "include_metadata", "include_caption", "include_vector", "nprobe", "ef_search", "rerank_text")
+    __slots__ = ("collection", "text", "image", "vector", "item_id", "top_k", "filter", "rerank", "include_metadata", "include_caption", "include_vector", "nprobe", "ef_search", "rerank_text", "caption_model")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class SearchRequest(_message.Message):
     NPROBE_FIELD_NUMBER: _ClassVar[int]
     EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     RERANK_TEXT_FIELD_NUMBER: _ClassVar[int]
+    CAPTION_MODEL_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     image: bytes
@@ -51,7 +52,8 @@ class SearchRequest(_message.Message):
     nprobe: int
     ef_search: int
     rerank_text: str
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[str] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., include_metadata: _Optional[bool] = ..., include_caption: _Optional[bool] = ..., include_vector: _Optional[bool] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., rerank_text: _Optional[str] = ...) -> None: ...
+    caption_model: str
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[str] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., include_metadata: _Optional[bool] = ..., include_caption: _Optional[bool] = ..., include_vector: _Optional[bool] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., rerank_text: _Optional[str] = ..., caption_model: _Optional[str] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("id", "uri", "score", "rerank_score", "metadata", "caption", "vector", "width", "height")
@@ -76,20 +78,22 @@ class Hit(_message.Message):
     def __init__(self, id: _Optional[int] = ..., uri: _Optional[str] = ..., score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., caption: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class Timing(_message.Message):
-    __slots__ = ("encode_ms", "filter_ms", "ann_ms", "fetch_ms", "rerank_ms", "total_ms")
+    __slots__ = ("encode_ms", "filter_ms", "ann_ms", "fetch_ms", "rerank_ms", "total_ms", "caption_ms")
     ENCODE_MS_FIELD_NUMBER: _ClassVar[int]
     FILTER_MS_FIELD_NUMBER: _ClassVar[int]
     ANN_MS_FIELD_NUMBER: _ClassVar[int]
     FETCH_MS_FIELD_NUMBER: _ClassVar[int]
     RERANK_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    CAPTION_MS_FIELD_NUMBER: _ClassVar[int]
     encode_ms: float
     filter_ms: float
     ann_ms: float
     fetch_ms: float
     rerank_ms: float
     total_ms: float
-    def __init__(self, encode_ms: _Optional[float] = ..., filter_ms: _Optional[float] = ..., ann_ms: _Optional[float] = ..., fetch_ms: _Optional[float] = ..., rerank_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    caption_ms: float
+    def __init__(self, encode_ms: _Optional[float] = ..., filter_ms: _Optional[float] = ..., ann_ms: _Optional[float] = ..., fetch_ms: _Optional[float] = ..., rerank_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., caption_ms: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "timing", "filter_strategy", "candidates")
