@@ -120,6 +120,12 @@ def _fast_tokenizer(path: Path, config: dict, limit: int, pad_to_max_length: boo
         tok = HFTokenizer.from_file(str(path))
     except Exception as exc:
         raise CheckpointError(f"{path}: unreadable tokenizer ({exc})") from exc
+    return _wrap_tokenizers(tok, config, limit, pad_to_max_length)
+
+
+def _wrap_tokenizers(tok, config: dict, limit: int, pad_to_max_length: bool,
+                     decode: Callable[[list[int]], str] | None = None) -> Tokenizer:
+    """Our Tokenizer over a `tokenizers.Tokenizer` (loaded from tokenizer.json or built from slow files)."""
     tok.no_padding()
     tok.no_truncation()
     pad = _token_str(config.get("pad_token"))
@@ -131,7 +137,7 @@ def _fast_tokenizer(path: Path, config: dict, limit: int, pad_to_max_length: boo
             tok.enable_truncation(max_length)
         return tok.encode(text, add_special_tokens=True).ids
 
-    return Tokenizer(encode, lambda ids: tok.decode(ids, skip_special_tokens=False), max_length=limit,
+    return Tokenizer(encode, decode or (lambda ids: tok.decode(ids, skip_special_tokens=False)), max_length=limit,
                      pad_id=pad_id if pad_id is not None else 0, pad_to_max_length=pad_to_max_length,
                      special_ids={i for i in special_ids if i is not None}, token_to_id=tok.token_to_id)
 
@@ -214,7 +220,199 @@ def _siglip_sentencepiece(directory: Path, config: dict, limit: int, pad_to_max_
                      token_to_id=lambda t: to_id(t))
 
 
+def _added_special_tokens(tok, specials: dict[str, dict]) -> None:
+    """Register special-token strings with their AddedToken flags, as transformers does when it loads slow files."""
+    from tokenizers import AddedToken
+
+    tok.add_special_tokens([
+        AddedToken(content, lstrip=bool(flags.get("lstrip", False)), rstrip=bool(flags.get("rstrip", False)),
+                   single_word=bool(flags.get("single_word", False)), normalized=False, special=True)
+        for content, flags in specials.items()])
+
+
+def _xlm_roberta_sentencepiece(directory: Path, config: dict, limit: int, pad_to_max_length: bool) -> Tokenizer:
+    """XLM-R's slow files (`sentencepiece.bpe.model`, a unigram model) rebuilt the way transformers converts them:
+    the fairseq id layout (<s>=0, <pad>=1, </s>=2, <unk>=3, sentencepiece ids + 1, <mask> last), the model's
+    precompiled normaliser, whitespace split + metaspace, and `<s> ... </s>` around each text."""
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import Tokenizer as HFTokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+
+    model_path = directory / "sentencepiece.bpe.model"
+    if not model_path.is_file():
+        raise CheckpointError(f"{directory}: tokenizer_class XLMRobertaTokenizer needs sentencepiece.bpe.model, which is missing")
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(model_path.read_bytes())
+    except Exception as exc:
+        raise CheckpointError(f"{model_path}: not a sentencepiece model ({exc})") from exc
+    names = {key: _token_str(config.get(f"{key}_token")) or default for key, default in
+             (("bos", "<s>"), ("pad", "<pad>"), ("eos", "</s>"), ("unk", "<unk>"), ("mask", "<mask>"))}
+    # fairseq reserved the first four ids; sentencepiece's own <unk>, <s>, </s> (pieces 0-2) are dropped
+    vocab = [(names[k], 0.0) for k in ("bos", "pad", "eos", "unk")]
+    vocab += [(piece.piece, piece.score) for piece in proto.pieces[3:]]
+    vocab.append((names["mask"], 0.0))
+    tok = HFTokenizer(Unigram(vocab, unk_id=3, byte_fallback=False))
+    if proto.normalizer_spec.precompiled_charsmap:
+        tok.normalizer = normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap)
+    prepend = "always" if config.get("add_prefix_space", True) else "never"
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme=prepend)])
+    tok.decoder = decoders.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme=prepend)
+    specials = _special_tokens(config)
+    for key in ("bos", "pad", "eos", "unk", "mask"):
+        specials.setdefault(names[key], {"content": names[key]})
+    _added_special_tokens(tok, specials)
+    bos, eos = names["bos"], names["eos"]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} {eos} $B {eos}",
+        special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))])
+    config = {"pad_token": names["pad"], **config}
+    return _wrap_tokenizers(tok, config, limit, pad_to_max_length)
+
+
+CLIP_PRETOKENIZE = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+def _clip_bpe(directory: Path, config: dict, limit: int, pad_to_max_length: bool) -> Tokenizer:
+    """CLIP's slow files (`vocab.json` + `merges.txt`): NFC, whitespace folded, lower-cased; CLIP's word regex;
+    byte-level BPE with `</w>` word ends; `<|startoftext|> ... <|endoftext|>`."""
+    from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import BPE
+
+    vocab_path, merges_path = directory / "vocab.json", directory / "merges.txt"
+    for path in (vocab_path, merges_path):
+        if not path.is_file():
+            raise CheckpointError(f"{directory}: tokenizer_class CLIPTokenizer needs vocab.json and merges.txt; "
+                                  f"{path.name} is missing")
+    vocab = _read_json(vocab_path)
+    merges = []
+    for number, line in enumerate(merges_path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or (number == 1 and line.startswith("#version")):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise CheckpointError(f"{merges_path}:{number}: expected two symbols per merge, got {line!r}")
+        merges.append((parts[0], parts[1]))
+    names = {key: _token_str(config.get(f"{key}_token")) or default for key, default in
+             (("bos", "<|startoftext|>"), ("eos", "<|endoftext|>"), ("unk", "<|endoftext|>"), ("pad", "<|endoftext|>"))}
+    tok = HFTokenizer(BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+                          end_of_word_suffix="</w>", fuse_unk=False, unk_token=names["unk"]))
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                           normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CLIP_PRETOKENIZE), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    specials = _special_tokens(config)
+    for key in ("bos", "eos", "unk", "pad"):
+        specials.setdefault(names[key], {"content": names[key]})
+    _added_special_tokens(tok, specials)
+    bos, eos = names["bos"], names["eos"]
+    if tok.token_to_id(bos) is None or tok.token_to_id(eos) is None:
+        raise CheckpointError(f"{vocab_path}: special tokens {bos!r} / {eos!r} are not in the vocabulary")
+    tok.post_processor = processors.RobertaProcessing((eos, tok.token_to_id(eos)), (bos, tok.token_to_id(bos)),
+                                                      trim_offsets=False, add_prefix_space=False)
+    config = {"pad_token": names["pad"], **config}
+    # byte-level BPE decodes "</w>" word ends as spaces
+    return _wrap_tokenizers(tok, config, limit, pad_to_max_length,
+                            decode=lambda ids: tok.decode(ids, skip_special_tokens=False).replace("</w>", " ").strip())
+
+
+def _read_merges(path: Path) -> list[tuple[str, str]]:
+    merges = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or (number == 1 and line.startswith("#version")):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise CheckpointError(f"{path}:{number}: expected two symbols per merge, got {line!r}")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def _added_tokens_file(directory: Path, specials: dict[str, dict]) -> None:
+    """Old layouts list tokens added after training (e.g. BLIP-2's `<image>`) in added_tokens.json."""
+    for content in _read_json(directory / "added_tokens.json"):
+        specials.setdefault(content, {"content": content})
+
+
+def _gpt2_bpe(directory: Path, config: dict, limit: int, pad_to_max_length: bool) -> Tokenizer:
+    """GPT-2 / OPT slow files (`vocab.json` + `merges.txt`): byte-level BPE without normalisation; OPT's
+    config sets add_bos_token, which puts `</s>` (its bos) in front of every text."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import BPE
+
+    vocab_path, merges_path = directory / "vocab.json", directory / "merges.txt"
+    for path in (vocab_path, merges_path):
+        if not path.is_file():
+            raise CheckpointError(f"{directory}: tokenizer_class GPT2Tokenizer needs vocab.json and merges.txt; "
+                                  f"{path.name} is missing")
+    tok = HFTokenizer(BPE(vocab=_read_json(vocab_path), merges=_read_merges(merges_path), dropout=None,
+                          continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space", False)))
+    tok.decoder = decoders.ByteLevel()
+    specials = _special_tokens(config)
+    _added_tokens_file(directory, specials)
+    _added_special_tokens(tok, specials)
+    bos, eos = _token_str(config.get("bos_token")) or "<|endoftext|>", _token_str(config.get("eos_token")) or "<|endoftext|>"
+    single, used = ["$A"], {}
+    if config.get("add_bos_token"):
+        single, used[bos] = [bos] + single, tok.token_to_id(bos)
+    if config.get("add_eos_token"):
+        single, used[eos] = single + [eos], tok.token_to_id(eos)
+    if any(i is None for i in used.values()):
+        raise CheckpointError(f"{vocab_path}: special tokens {sorted(used)} are not all in the vocabulary")
+    if used:
+        tok.post_processor = processors.TemplateProcessing(single=" ".join(single), special_tokens=list(used.items()))
+    return _wrap_tokenizers(tok, config, limit, pad_to_max_length)
+
+
+def _t5_sentencepiece(directory: Path, config: dict, limit: int, pad_to_max_length: bool) -> Tokenizer:
+    """T5 / Flan-T5 slow files (`spiece.model`) rebuilt the way transformers converts them: the unigram pieces
+    and scores, then `extra_ids` sentinels (<extra_id_0> last), the model's precompiled normaliser (no
+    lower-casing or punctuation stripping, unlike SigLIP), whitespace split + metaspace, and `</s>` appended."""
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import Tokenizer as HFTokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+
+    model_path = directory / "spiece.model"
+    if not model_path.is_file():
+        raise CheckpointError(f"{directory}: tokenizer_class T5Tokenizer needs spiece.model, which is missing")
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(model_path.read_bytes())
+    except Exception as exc:
+        raise CheckpointError(f"{model_path}: not a sentencepiece model ({exc})") from exc
+    listed = [t for t in (_token_str(x) for x in config.get("additional_special_tokens") or []) if t and "<extra_id_" in t]
+    extra_ids = len(listed) if listed else int(config.get("extra_ids", 100))
+    vocab = [(piece.piece, piece.score) for piece in proto.pieces]
+    vocab += [(f"<extra_id_{i}>", 0.0) for i in range(extra_ids - 1, -1, -1)]
+    tok = HFTokenizer(Unigram(vocab, unk_id=proto.trainer_spec.unk_id, byte_fallback=False))
+    if proto.normalizer_spec.precompiled_charsmap:
+        tok.normalizer = normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme="always", split=True)])
+    tok.decoder = decoders.Metaspace(replacement=SPIECE_UNDERLINE, prepend_scheme="always", split=True)
+    names = {key: _token_str(config.get(f"{key}_token")) or default
+             for key, default in (("pad", "<pad>"), ("eos", "</s>"), ("unk", "<unk>"))}
+    specials = _special_tokens(config)
+    for content in [*names.values(), *(f"<extra_id_{i}>" for i in range(extra_ids))]:
+        specials.setdefault(content, {"content": content})
+    _added_tokens_file(directory, specials)
+    _added_special_tokens(tok, specials)
+    eos = names["eos"]
+    tok.post_processor = processors.TemplateProcessing(single=f"$A {eos}", pair=f"$A {eos} $B {eos}",
+                                                       special_tokens=[(eos, tok.token_to_id(eos))])
+    return _wrap_tokenizers(tok, {"pad_token": names["pad"], **config}, limit, pad_to_max_length)
+
+
 # tokenizer_class (without "Fast") -> builder(directory, tokenizer settings, max_length, pad_to_max_length)
 SLOW_BUILDERS: dict[str, Callable[[Path, dict, int, bool], Tokenizer]] = {
     "SiglipTokenizer": _siglip_sentencepiece,
+    "XLMRobertaTokenizer": _xlm_roberta_sentencepiece,
+    "CLIPTokenizer": _clip_bpe,
+    "GPT2Tokenizer": _gpt2_bpe,
+    "T5Tokenizer": _t5_sentencepiece,
 }
