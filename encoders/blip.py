@@ -12,11 +12,19 @@ The vision tower (`BlipVision` + `vision_rules`) is shared with BLIP-2, whose Vi
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
-from .checkpoint import Rule, rows
-from .layers import PatchEmbed, PreNormBlock
+from .api import DualEncoder, captioner, dual_encoder, reranker
+from .checkpoint import Checkpoint, Rule, build_on_meta, load_weights, rows
+from .errors import CheckpointError, InvalidInput
+from .generate import LayerCaches, generate
+from .layers import (PatchEmbed, PostNormBlock, PreNormBlock, TextEmbeddings, activation, bert_embedding_rules,
+                     bert_layer_rules, causal_padding_mask, fuse_projections, padding_mask)
+from .preprocess import ImagePreprocessor
+from .tokenize import Tokenizer, load_tokenizer
 
 
 VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -87,3 +95,330 @@ def vision_rules(ours: str, theirs: str, qkv_bias: str = "fused") -> list[Rule]:
         raise ValueError(f"qkv_bias must be 'fused' or 'qv', not {qkv_bias!r}")
     return rules
 
+
+
+TEXT_DEFAULTS = dict(vocab_size=30524, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                     num_attention_heads=8, max_position_embeddings=512, hidden_act="gelu", layer_norm_eps=1e-12,
+                     bos_token_id=30522, eos_token_id=2, pad_token_id=0, sep_token_id=102, is_decoder=True)
+
+
+def text_config(config: dict) -> dict:
+    return {**TEXT_DEFAULTS, **(config.get("text_config") or {})}
+
+
+class BlipText(nn.Module):
+    """BERT text tower; with cross_dim, every layer also cross-attends to image tokens (ITM, captioning)."""
+
+    def __init__(self, cfg: dict, cross_dim: int | None = None):
+        super().__init__()
+        dim = cfg["hidden_size"]
+        self.embed = TextEmbeddings(cfg["vocab_size"], dim, cfg["max_position_embeddings"], eps=cfg["layer_norm_eps"])
+        self.blocks = nn.ModuleList(
+            PostNormBlock(dim, cfg["num_attention_heads"], cfg["intermediate_size"], act=cfg["hidden_act"],
+                          eps=cfg["layer_norm_eps"], cross_dim=cross_dim)
+            for _ in range(cfg["num_hidden_layers"]))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                memory: torch.Tensor | None = None, caches: LayerCaches | None = None,
+                causal: bool = False) -> torch.Tensor:
+        """Hidden states (B, T, dim). `caches`: self-attention caches that grow (decoding) and/or static
+        cross-attention caches already holding the image keys/values (then `memory` is only a flag)."""
+        past = caches.past_length if caches is not None else 0
+        x = self.embed(input_ids, past_length=past)
+        mask, is_causal = None, False
+        if attention_mask is not None:
+            mask = causal_padding_mask(attention_mask, input_ids.shape[1]) if causal else padding_mask(attention_mask)
+        elif causal and input_ids.shape[1] > 1:
+            if past:
+                mask = causal_padding_mask(torch.ones(input_ids.shape[0], past + input_ids.shape[1],
+                                                      dtype=torch.long, device=input_ids.device), input_ids.shape[1])
+            else:
+                is_causal = True
+        for i, block in enumerate(self.blocks):
+            self_cache = caches.self_attn[i] if caches is not None and causal else None
+            cross_cache = caches.cross_attn[i] if caches is not None and caches.cross_attn is not None else None
+            x = block(x, mask, memory=memory, is_causal=is_causal, cache=self_cache, cross_cache=cross_cache)
+        return x
+
+    def fill_cross_caches(self, memory: torch.Tensor, caches: LayerCaches) -> None:
+        """Project the image tokens to each layer's cross-attention keys/values once."""
+        for block, cache in zip(self.blocks, caches.cross_attn):
+            cache.extend(*block.cross_attn.project_kv(memory))
+
+
+class LMHead(nn.Module):
+    """BERT's prediction head: dense + act + LayerNorm, then the vocabulary projection."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        dim = cfg["hidden_size"]
+        self.dense = nn.Linear(dim, dim)
+        self.act = activation(cfg["hidden_act"])
+        self.norm = nn.LayerNorm(dim, eps=cfg["layer_norm_eps"])
+        self.proj = nn.Linear(dim, cfg["vocab_size"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(self.act(self.dense(x))))
+
+
+class BlipRetrieval(nn.Module):
+    """BlipForImageTextRetrieval. with_itm=False builds only the ITC dual encoder (no cross-attention)."""
+
+    def __init__(self, config: dict, with_itm: bool):
+        super().__init__()
+        vcfg, tcfg = vision_config(config.get("vision_config")), text_config(config)
+        out = config.get("image_text_hidden_size", 256)
+        self.vision = BlipVision(vcfg)
+        self.text = BlipText(tcfg, cross_dim=vcfg["hidden_size"] if with_itm else None)
+        if with_itm:
+            self.itm_head = nn.Linear(tcfg["hidden_size"], 2)
+        else:
+            self.vision_proj = nn.Linear(vcfg["hidden_size"], out)
+            self.text_proj = nn.Linear(tcfg["hidden_size"], out)
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.vision_proj(self.vision(pixel_values)[:, 0])
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.text_proj(self.text(input_ids, attention_mask)[:, 0])
+
+    def match_probability(self, image_tokens: torch.Tensor, image_index: torch.Tensor, input_ids: torch.Tensor,
+                          attention_mask: torch.Tensor) -> torch.Tensor:
+        """P(match) for text row i against image image_index[i]. The cross-attention keys/values depend only
+        on the image, so they are projected once per distinct image and shared by every text paired with it."""
+        caches = LayerCaches(len(self.text.blocks), cross=True)
+        self.text.fill_cross_caches(image_tokens, caches)
+        caches.reorder(image_index)
+        hidden = self.text(input_ids, attention_mask, memory=image_tokens, caches=caches)
+        return self.itm_head(hidden[:, 0]).float().softmax(dim=-1)[:, 1]
+
+
+class BlipCaptionModel(nn.Module):
+    """BlipForConditionalGeneration: the vision tower and a causal BERT decoder with an LM head."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        vcfg, tcfg = vision_config(config.get("vision_config")), text_config(config)
+        self.vision = BlipVision(vcfg)
+        self.decoder = BlipText(tcfg, cross_dim=vcfg["hidden_size"])
+        self.head = LMHead(tcfg)
+
+
+class BlipDecodeState:
+    """encoders.generate's DecoderState for the BLIP decoder over a batch of image tokens."""
+
+    def __init__(self, model: BlipCaptionModel, image_tokens: torch.Tensor):
+        self.model = model
+        self.memory = image_tokens
+        self.caches = LayerCaches(len(model.decoder.blocks), cross=True)
+        model.decoder.fill_cross_caches(image_tokens, self.caches)
+
+    def step(self, input_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.decoder(input_ids, memory=self.memory, caches=self.caches, causal=True)
+        return self.model.head(hidden[:, -1]).float()
+
+    def reorder(self, index: torch.Tensor, same_groups: bool = False) -> None:
+        self.caches.reorder(index, same_groups)
+
+
+def _retrieval_rules(with_itm: bool) -> list[Rule]:
+    rules = [*vision_rules("vision", "vision_model"),
+             *bert_embedding_rules("text.embed", "text_encoder.embeddings"),
+             *bert_layer_rules("text.blocks", "text_encoder.encoder.layer")]
+    if with_itm:
+        return rules + [Rule(r"itm_head\.(weight|bias)", r"itm_head.\1")]
+    return rules + [Rule(r"(vision|text)_proj\.(weight|bias)", r"\1_proj.\2")]
+
+
+ITC_IGNORED = [r".*position_ids", r"text_encoder\.encoder\.layer\.\d+\.crossattention\..*", r"itm_head\..*",
+               r"text_encoder\.pooler\..*"]
+ITM_IGNORED = [r".*position_ids", r"(vision|text)_proj\..*", r"text_encoder\.pooler\..*"]
+
+
+def _caption_rules(tied: bool) -> list[Rule]:
+    head = "text_decoder.cls.predictions"
+    return [*vision_rules("vision", "vision_model"),
+            *bert_embedding_rules("decoder.embed", "text_decoder.bert.embeddings"),
+            *bert_layer_rules("decoder.blocks", "text_decoder.bert.encoder.layer"),
+            Rule(r"head\.dense\.(weight|bias)", rf"{head}.transform.dense.\1"),
+            Rule(r"head\.norm\.(weight|bias)", rf"{head}.transform.LayerNorm.\1"),
+            Rule(r"head\.proj\.weight",
+                 "text_decoder.bert.embeddings.word_embeddings.weight" if tied else f"{head}.decoder.weight"),
+            Rule(r"head\.proj\.bias", f"{head}.bias")]
+
+
+# the LM head's output weights are tied to the word embeddings (and decoder.bias to predictions.bias); old
+# checkpoints store the copies, which are equal
+CAPTION_IGNORED = [r".*position_ids", r"text_decoder\.cls\.predictions\.decoder\.(weight|bias)"]
+
+
+def _check_kind(ckpt: Checkpoint, wanted: str) -> None:
+    """Retrieval and captioning checkpoints share model_type "blip"; tell them apart by their tensors."""
+    names = set(ckpt.tensor_names())
+    kinds = {"retrieval": "itm_head.weight" in names,
+             "captioning": any(n.startswith("text_decoder.") for n in names)}
+    if kinds[wanted]:
+        return
+    arch = ", ".join(ckpt.config.get("architectures") or []) or "unknown architecture"
+    config = ckpt.dir / "config.json"
+    if kinds["captioning"]:
+        raise CheckpointError(f"{config}: this BLIP checkpoint ({arch}) is a captioning model (text_decoder.*, no "
+                              f"itm_head); load it with encoders.load_captioner, not as a dual encoder or reranker")
+    if kinds["retrieval"]:
+        raise CheckpointError(f"{config}: this BLIP checkpoint ({arch}) is an image-text retrieval model "
+                              f"(itm_head, no text_decoder.*); load it with encoders.load or encoders.load_reranker")
+    raise CheckpointError(f"{config}: BLIP checkpoint ({arch}) has neither an ITM head nor a text decoder; only "
+                          f"BlipForImageTextRetrieval and BlipForConditionalGeneration checkpoints are supported")
+
+
+def _tokenizer(ckpt: Checkpoint) -> Tokenizer:
+    max_positions = text_config(ckpt.config)["max_position_embeddings"]
+    tokenizer = load_tokenizer(ckpt.dir, default_max_length=max_positions)
+    # transformers would fail past the position table; we truncate there
+    tokenizer.max_length = min(tokenizer.max_length, max_positions)
+    return tokenizer
+
+
+def _load(ckpt: Checkpoint, model: nn.Module, rules, ignore, device, dtype) -> nn.Module:
+    load_weights(model, ckpt, rules, ignore=ignore, dtype=dtype, device=device, family="BLIP")
+    return fuse_projections(model).eval()
+
+
+@dual_encoder("blip")
+def load_blip_dual_encoder(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> DualEncoder:
+    _check_kind(ckpt, "retrieval")
+    digest = ckpt.digest
+    model = _load(ckpt, build_on_meta(lambda: BlipRetrieval(ckpt.config, with_itm=False)), _retrieval_rules(False),
+                  ITC_IGNORED, device, dtype)
+    return DualEncoder(name=ckpt.name, family="blip", model=model, dim=model.vision_proj.out_features, digest=digest,
+                       image_preprocessor=ImagePreprocessor.from_checkpoint_dir(ckpt.dir), tokenizer=_tokenizer(ckpt),
+                       device=device, dtype=dtype)
+
+
+class BlipReranker:
+    """BLIP ITM: P(match) of (image, text) pairs. Each distinct image is encoded once per call."""
+
+    def __init__(self, name: str, model: BlipRetrieval, preprocessor: ImagePreprocessor, tokenizer: Tokenizer,
+                 device: torch.device, dtype: torch.dtype, digest: str, pair_batch: int = 32, image_batch: int = 32):
+        self.name, self.family, self.digest = name, "blip", digest
+        self.model, self.image_preprocessor, self.tokenizer = model, preprocessor, tokenizer
+        self.device, self.dtype = device, dtype
+        self.pair_batch, self.image_batch = pair_batch, image_batch
+
+    def __repr__(self) -> str:
+        return f"BlipReranker({self.name!r}, {self.dtype}, {self.device})"
+
+    def score(self, images: list[Image.Image], texts: list[str]) -> np.ndarray:
+        """float32 (n,): P(match) of (images[i], texts[i]). The same image object given for several pairs
+        (e.g. one query image against many captions) is encoded once."""
+        images, texts = list(images), list(texts)
+        if len(images) != len(texts):
+            raise InvalidInput(f"score() needs as many images as texts (got {len(images)} images, {len(texts)} texts)")
+        distinct: dict[int, int] = {}
+        unique: list[Image.Image] = []
+        for image in images:
+            if id(image) not in distinct:
+                distinct[id(image)] = len(unique)
+                unique.append(image)
+        return self._score(unique, [distinct[id(image)] for image in images], texts)
+
+    def score_texts(self, image: Image.Image, texts: list[str]) -> np.ndarray:
+        """P(match) of one image with each text."""
+        texts = list(texts)
+        return self._score([image], [0] * len(texts), texts)
+
+    def score_images(self, images: list[Image.Image], text: str) -> np.ndarray:
+        """P(match) of each image with one text."""
+        images = list(images)
+        return self._score(images, list(range(len(images))), [text] * len(images))
+
+    def _score(self, images: list[Image.Image], image_index: list[int], texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0,), np.float32)
+        out = np.empty(len(texts), np.float32)
+        order = sorted(range(len(texts)), key=lambda i: image_index[i])  # pairs of one image share a chunk
+        with torch.inference_mode():
+            for start in range(0, len(order), self.pair_batch):
+                rows = order[start:start + self.pair_batch]
+                needed = sorted({image_index[i] for i in rows})
+                tokens = torch.cat([self._image_tokens([images[j] for j in needed[k:k + self.image_batch]])
+                                    for k in range(0, len(needed), self.image_batch)])
+                position = {j: k for k, j in enumerate(needed)}
+                index = torch.tensor([position[image_index[i]] for i in rows], device=self.device)
+                enc = self.tokenizer([texts[i] for i in rows])
+                probs = self.model.match_probability(tokens, index, enc.input_ids.to(self.device),
+                                                     enc.attention_mask.to(self.device))
+                out[rows] = probs.cpu().numpy()
+        return out
+
+    def _image_tokens(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = self.image_preprocessor(images).to(self.device, self.dtype)
+        return self.model.vision(pixels)
+
+
+@reranker("blip")
+def load_blip_reranker(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> BlipReranker:
+    _check_kind(ckpt, "retrieval")
+    digest = ckpt.digest
+    model = _load(ckpt, build_on_meta(lambda: BlipRetrieval(ckpt.config, with_itm=True)), _retrieval_rules(True),
+                  ITM_IGNORED, device, dtype)
+    return BlipReranker(ckpt.name, model, ImagePreprocessor.from_checkpoint_dir(ckpt.dir), _tokenizer(ckpt),
+                        device, dtype, digest)
+
+
+class BlipCaptioner:
+    """BLIP captions: greedy or beam search with the prompt handling of transformers'
+    BlipForConditionalGeneration.generate ([DEC] replaces [CLS], the prompt's trailing [SEP] is dropped,
+    generation stops at [SEP]); the returned text includes the prompt, as the BLIP processor's decode does."""
+
+    def __init__(self, name: str, model: BlipCaptionModel, preprocessor: ImagePreprocessor, tokenizer: Tokenizer,
+                 tcfg: dict, device: torch.device, dtype: torch.dtype, digest: str, image_batch: int = 16,
+                 length_penalty: float = 1.0, early_stopping: bool | str = False):
+        self.name, self.family, self.digest = name, "blip", digest
+        self.model, self.image_preprocessor, self.tokenizer = model, preprocessor, tokenizer
+        self.bos_id, self.eos_id, self.pad_id = tcfg["bos_token_id"], tcfg["sep_token_id"], tcfg["pad_token_id"]
+        self.device, self.dtype = device, dtype
+        self.image_batch = image_batch
+        self.length_penalty, self.early_stopping = length_penalty, early_stopping
+
+    def __repr__(self) -> str:
+        return f"BlipCaptioner({self.name!r}, {self.dtype}, {self.device})"
+
+    def prompt_ids(self, prompt: str | None) -> list[int]:
+        if not prompt:
+            return [self.bos_id]
+        ids = self.tokenizer.encode(prompt)
+        return [self.bos_id] + ids[1:-1]
+
+    def caption(self, images: list[Image.Image], prompt: str | None = None, max_new_tokens: int = 30,
+                num_beams: int = 1) -> list[str]:
+        images = list(images)
+        if max_new_tokens < 1 or num_beams < 1:
+            raise InvalidInput(f"max_new_tokens and num_beams must be >= 1 (got {max_new_tokens}, {num_beams})")
+        prompt_row = self.prompt_ids(prompt)
+        captions: list[str] = []
+        with torch.inference_mode():
+            for start in range(0, len(images), self.image_batch):
+                chunk = images[start:start + self.image_batch]
+                pixels = self.image_preprocessor(chunk).to(self.device, self.dtype)
+                state = BlipDecodeState(self.model, self.model.vision(pixels))
+                prompt_ids = torch.tensor([prompt_row] * len(chunk), device=self.device)
+                sequences = generate(state, prompt_ids, eos_id=self.eos_id, pad_id=self.pad_id,
+                                     max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                     length_penalty=self.length_penalty, early_stopping=self.early_stopping)
+                captions += [self.tokenizer.decode(seq, skip_special_tokens=True) for seq in sequences]
+        return captions
+
+
+@captioner("blip")
+def load_blip_captioner(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> BlipCaptioner:
+    _check_kind(ckpt, "captioning")
+    digest = ckpt.digest
+    tcfg = text_config(ckpt.config)
+    tied = bool(ckpt.config.get("tie_word_embeddings", True) and tcfg.get("tie_word_embeddings", True))
+    model = _load(ckpt, build_on_meta(lambda: BlipCaptionModel(ckpt.config)), _caption_rules(tied), CAPTION_IGNORED,
+                  device, dtype)
+    generation = ckpt.json_file("generation_config.json") or {}
+    return BlipCaptioner(ckpt.name, model, ImagePreprocessor.from_checkpoint_dir(ckpt.dir), _tokenizer(ckpt), tcfg,
+                         device, dtype, digest, length_penalty=generation.get("length_penalty", 1.0),
+                         early_stopping=generation.get("early_stopping", False))
