@@ -396,9 +396,9 @@ class CollectionHandle:
         return stale
 
     def save_index(self) -> None:
+        """Persist the index, caught up to the current catalog revision."""
         with self._lock:
-            if self._index is not None:
-                self._save(self._index)
+            self._save(self.refresh())
 
     def _save(self, index: VectorIndex) -> None:
         index.save(self.store.index_path(self.name),

@@ -166,6 +166,8 @@ class VectorIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return
+        if len(np.unique(ids)) != len(ids):
+            raise InvalidInput("add: duplicate ids in one call")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape != (len(ids), self.dim):
             raise InvalidInput(f"vectors have shape {vectors.shape}, index expects ({len(ids)}, {self.dim})")
@@ -176,12 +178,13 @@ class VectorIndex:
                 if len(present) or revived:  # HNSW cannot overwrite a node: rebuild the graph without them
                     self._compact(drop=np.concatenate([present, np.asarray(revived, np.int64)]))
             elif len(present):
-                self.index.remove_ids(faiss.IDSelectorBatch(present))
+                self._remove_ids(present)
             self.index.add_with_ids(vectors, ids)
             self._changed()
 
     def remove(self, ids: np.ndarray) -> int:
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        """Remove item ids (absent ones are ignored); returns how many were present."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
         with self._lock:
             ids = ids[np.isin(ids, self.ids())]
             if len(ids) == 0:
@@ -191,9 +194,14 @@ class VectorIndex:
                 if len(self._dead) > HNSW_DEAD_FRACTION * self.index.ntotal:
                     self._compact()
             else:
-                self.index.remove_ids(faiss.IDSelectorBatch(ids))
+                self._remove_ids(ids)
             self._changed()
             return len(ids)
+
+    def _remove_ids(self, ids: np.ndarray) -> None:
+        # the ivf hash-table direct map removes by lookup and only takes an array; IDMap2 scans with a set
+        sel = faiss.IDSelectorArray(ids) if self.spec.kind == "ivf" else faiss.IDSelectorBatch(ids)
+        self.index.remove_ids(sel)
 
     def _compact(self, drop: np.ndarray | None = None) -> None:
         """Rebuild the HNSW graph from its own stored vectors, without tombstones (and `drop`)."""
