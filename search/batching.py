@@ -6,6 +6,9 @@ keeps collecting until it has `max_batch` inputs or the oldest has waited `max_w
 function once, and hands each caller its own rows. While a batch runs the next one fills up, so under
 load batches leave full and nobody waits for the timer.
 
+The window only opens under concurrent load: when the previous batch held a single input and only one
+input is waiting, it runs at once, so a lone client never pays `max_wait_ms` (adaptive=False always waits).
+
 If a batch call raises, its inputs are retried one by one, so one caller's bad input fails only that
 caller. A caller whose deadline passes stops waiting; inputs nobody waits for any more are dropped
 before they reach the model.
@@ -40,7 +43,7 @@ class Batcher:
     """
 
     def __init__(self, fn: Callable[[list[Any]], Sequence[Any] | np.ndarray], *, max_batch: int = 32,
-                 max_wait_ms: float = 2.0, name: str = "batcher"):
+                 max_wait_ms: float = 2.0, name: str = "batcher", adaptive: bool = True):
         if max_batch < 1:
             raise ValueError(f"{name}: max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
@@ -49,6 +52,8 @@ class Batcher:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.name = name
+        self.adaptive = adaptive
+        self._last_batch = 1
         self._queue: collections.deque[tuple[float, Any, Future]] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -100,7 +105,8 @@ class Batcher:
                     return None
                 self._cond.wait()
             oldest = self._queue[0][0]
-            while len(self._queue) < self.max_batch and not self._closed:
+            lone = self.adaptive and self._last_batch == 1 and len(self._queue) == 1
+            while not lone and len(self._queue) < self.max_batch and not self._closed:
                 left = oldest + self.max_wait - time.monotonic()
                 if left <= 0:
                     break
@@ -110,6 +116,7 @@ class Batcher:
                 _, item, future = self._queue.popleft()
                 if future.set_running_or_notify_cancel():  # False: the caller gave up
                     batch.append((item, future))
+            self._last_batch = max(len(batch), 1)
             return batch
 
     def _run(self) -> None:

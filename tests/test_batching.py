@@ -48,7 +48,7 @@ def test_concurrent_callers_get_their_own_rows_in_shared_batches():
 
 def test_lone_input_waits_at_most_max_wait():
     fn = Recorder()
-    batcher = Batcher(fn, max_batch=64, max_wait_ms=30)
+    batcher = Batcher(fn, max_batch=64, max_wait_ms=30, adaptive=False)
     try:
         start = time.monotonic()
         assert batcher.map([21]) == [42]
@@ -56,6 +56,22 @@ def test_lone_input_waits_at_most_max_wait():
     finally:
         batcher.close()
     assert 0.025 <= elapsed < 0.5, elapsed
+
+
+def test_adaptive_window_opens_only_under_concurrency():
+    fn = Recorder()
+    batcher = Batcher(fn, max_batch=64, max_wait_ms=200)
+    try:
+        start = time.monotonic()
+        assert batcher.map([1]) == [2]  # idle server, lone caller: no wait
+        assert batcher.map([2]) == [4]
+        assert time.monotonic() - start < 0.15
+        assert batcher.map([1, 2]) == [2, 4]  # two inputs at once: the window is used
+        start = time.monotonic()
+        assert batcher.map([3]) == [6]  # right after a multi-input batch: waits for company
+        assert time.monotonic() - start >= 0.15
+    finally:
+        batcher.close()
 
 
 def test_full_batch_leaves_without_waiting_for_the_timer():
