@@ -1,0 +1,132 @@
+"""The catalog on SQLite and on a real PostgreSQL server: schema version, collections, items, revisions,
+constraints, filters from search/filters.py, and the Store facade over both."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from encoders.errors import Conflict, NotFound
+from indexer.catalog import SCHEMA_VERSION, Catalog, CatalogError, Item, database_url
+from indexer.store import Store
+from indexer_helpers import FakeBinding, add_rows, assert_index_matches_catalog, clustered
+from postgres import pg_url, postgres_server  # noqa: F401  (fixtures)
+
+DIM = 8
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return database_url(tmp_path / "data")
+    return request.getfixturevalue("pg_url")
+
+
+def test_sqlite_is_default_in_wal_mode(tmp_path, monkeypatch):
+    monkeypatch.delenv("MMSEARCH_DB", raising=False)
+    url = database_url(tmp_path)
+    assert url == "sqlite:///" + str(tmp_path / "catalog.db")
+    monkeypatch.setenv("MMSEARCH_DB", "postgresql+psycopg://u@h/db")
+    assert database_url(tmp_path).startswith("postgresql")
+    assert database_url(tmp_path, "sqlite:///x.db") == "sqlite:///x.db"
+    cat = Catalog(url)
+    with cat.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    cat.close()
+
+
+def test_schema_version_is_stored_and_newer_is_refused(db_url):
+    cat = Catalog(db_url)
+    with cat.session() as s:
+        assert s.execute(text("SELECT value FROM mmsearch_meta WHERE key = 'schema_version'")).scalar() == str(SCHEMA_VERSION)
+        s.execute(text("UPDATE mmsearch_meta SET value = :v WHERE key = 'schema_version'"), {"v": str(SCHEMA_VERSION + 1)})
+    cat.close()
+    with pytest.raises(CatalogError, match="newer mmsearch .*schema version 2.*upgrade"):
+        Catalog(db_url)
+
+
+def test_bad_urls_are_clear_errors(tmp_path):
+    with pytest.raises(CatalogError, match="not a valid SQLAlchemy URL"):
+        Catalog("not a url")
+    with pytest.raises(CatalogError, match="cannot open catalog"):
+        Catalog("postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
+def test_collections_items_and_revisions(db_url, tmp_path):
+    cat = Catalog(db_url)
+    coll = cat.create_collection("photos", encoder_name="m", encoder_family="siglip", encoder_digest="d" * 32, dim=DIM)
+    with pytest.raises(Conflict):
+        cat.create_collection("photos", encoder_name="m", encoder_family="siglip", encoder_digest="d", dim=DIM)
+    with pytest.raises(NotFound):
+        cat.get_collection("nope")
+    assert [c.name for c in cat.list_collections()] == ["photos"]
+
+    vec = np.arange(DIM, dtype=np.float32)
+    with cat.write(coll.id) as (s, rev):
+        assert rev == 1
+        s.add(Item(collection_id=coll.id, uri="/a.jpg", sha256="a" * 64, width=640, height=480, caption="a cat",
+                   meta={"tags": ["x", "y"], "year": 2020, "nested": {"k": 1.5}, "ok": True},
+                   vector=vec.astype("<f4").tobytes(), rev=rev))
+    with cat.write(coll.id) as (s, rev):
+        assert rev == 2
+        s.add(Item(collection_id=coll.id, uri="/b.jpg", sha256="b" * 64, width=10, height=10, meta={},
+                   vector=vec.astype("<f4").tobytes(), rev=rev))
+    assert cat.revision(coll.id) == (2, 0)
+    [(ids, dead, vecs, dim)] = list(cat.changes_since(coll.id, 1))
+    assert dim == DIM and len(ids) == 1 and not dead.any()
+    np.testing.assert_array_equal(vecs[0], vec)
+    item = cat.items_by_id(coll.id, [1])[1]
+    assert (item.uri, item.width, item.height, item.caption, item.deleted) == ("/a.jpg", 640, 480, "a cat", False)
+    assert item.meta == {"tags": ["x", "y"], "year": 2020, "nested": {"k": 1.5}, "ok": True}
+    assert item.created is not None and item.vector_array().dtype == np.float32
+
+    # live content is unique per collection: the database refuses a second live row with the same sha256
+    with pytest.raises(IntegrityError):
+        with cat.write(coll.id) as (s, rev):
+            s.add(Item(collection_id=coll.id, uri="/copy.jpg", sha256="a" * 64, width=1, height=1, meta={},
+                       vector=b"", rev=rev))
+    assert cat.revision(coll.id)[0] == 2  # the failed transaction rolled back its revision bump too
+    deleted = cat.delete_where(coll.id, Item.uri == "/a.jpg")
+    assert deleted == [1] and cat.count(coll.id) == 1
+    with cat.write(coll.id) as (s, rev):  # after a delete the same content may come back
+        s.add(Item(collection_id=coll.id, uri="/a2.jpg", sha256="a" * 64, width=1, height=1, meta={},
+                   vector=vec.astype("<f4").tobytes(), rev=rev))
+    changes = list(cat.changes_since(coll.id, 2))[0]
+    assert changes[1].tolist() == [True, False]  # the tombstone and the new row
+    assert cat.purge_deleted(coll.id, cat.revision(coll.id)[0]) == 1
+    assert cat.revision(coll.id)[1] == 4
+    cat.close()
+
+
+def test_filters_compile_against_item_on_both_backends(db_url, tmp_path):
+    from search.filters import compile_filter
+
+    with Store(tmp_path / "data", db=db_url) as store:
+        coll = store.create_collection("c", FakeBinding(dim=DIM))
+        x = clustered(60, DIM, seed=1)
+        ids = add_rows(coll, x, meta=lambda n: {"n": n, "kind": "even" if n % 2 == 0 else "odd",
+                                                 **({"rare": True} if n % 10 == 0 else {})})
+        where = compile_filter('meta.kind = "even" AND meta.n < 20', Item, store.catalog.dialect)
+        assert sorted(store.catalog.select_ids(coll.id, where).tolist()) == ids[[0, 2, 4, 6, 8, 10, 12, 14, 16, 18]].tolist()
+        hits = coll.search(x[:3], k=5, where=compile_filter("meta.rare = true", Item, store.catalog.dialect))
+        assert all(len(h) == 5 for h in hits)
+        n = coll.delete(where=compile_filter('meta.kind = "odd"', Item, store.catalog.dialect))
+        assert n == 30 and coll.count() == 30
+        assert_index_matches_catalog(coll)
+
+
+def test_store_on_postgres_two_processes_view(pg_url, tmp_path):  # noqa: F811
+    with Store(tmp_path / "a", db=pg_url) as writer, Store(tmp_path / "b", db=pg_url) as reader:
+        coll = writer.create_collection("shared", FakeBinding(dim=DIM))
+        x = clustered(100, DIM, seed=2)
+        ids = add_rows(coll, x)
+        rc = reader.collection("shared")
+        assert rc.search(x[7], k=1)[0][0].id == ids[7]
+        assert coll.delete(ids=ids[:50].tolist()) == 50
+        assert rc.index.ntotal == 50
+        assert_index_matches_catalog(rc)
+        writer.drop_collection("shared")
+        with pytest.raises(NotFound):
+            reader.collection("shared")
