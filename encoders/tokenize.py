@@ -408,6 +408,51 @@ def _t5_sentencepiece(directory: Path, config: dict, limit: int, pad_to_max_leng
     return _wrap_tokenizers(tok, {"pad_token": names["pad"], **config}, limit, pad_to_max_length)
 
 
+def _bert_wordpiece(directory: Path, config: dict, limit: int, pad_to_max_length: bool) -> Tokenizer:
+    """BERT's slow file (`vocab.txt`) rebuilt the way transformers converts it: BertNormalizer (clean text,
+    CJK spacing, lower-case and accent stripping per the config), BERT pre-tokenizer, WordPiece, and
+    `[CLS] ... [SEP]`. Tokens added after training (BLIP's [DEC] bos and [ENC]) come from added_tokens.json /
+    added_tokens_decoder with the ids recorded there."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+
+    vocab_path = directory / "vocab.txt"
+    if not vocab_path.is_file():
+        raise CheckpointError(f"{directory}: tokenizer_class BertTokenizer needs vocab.txt, which is missing")
+    with vocab_path.open(encoding="utf-8") as f:  # one token per line, id = line number (as transformers reads it)
+        vocab = {line.rstrip("\n"): index for index, line in enumerate(f.readlines())}
+    unk = _token_str(config.get("unk_token")) or "[UNK]"
+    tok = HFTokenizer(WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
+    lower = config.get("do_lower_case", True)
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+                                                strip_accents=config.get("strip_accents"), lowercase=lower)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+
+    specials = _special_tokens(config)
+    for key in ("additional_special_tokens", "extra_special_tokens"):
+        for value in config.get(key) or []:
+            specials.setdefault(_token_str(value), value if isinstance(value, dict) else {"content": _token_str(value)})
+    declared = {content: int(i) for content, i in _read_json(directory / "added_tokens.json").items()}
+    declared.update({entry["content"]: int(i) for i, entry in (config.get("added_tokens_decoder") or {}).items()})
+    for content in declared:
+        specials.setdefault(content, {"content": content})
+    # tokens outside vocab.txt get the next ids in the order they were added, so add them by recorded id
+    order = sorted(specials, key=lambda c: (c not in vocab, declared.get(c, 1 << 62)))
+    _added_special_tokens(tok, {c: specials[c] for c in order})
+    wrong = {c: (i, tok.token_to_id(c)) for c, i in declared.items() if tok.token_to_id(c) != i}
+    if wrong:
+        raise CheckpointError(f"{directory}: added tokens do not follow vocab.txt ({len(vocab)} tokens): "
+                              + ", ".join(f"{c} recorded as {i}, would be {j}" for c, (i, j) in wrong.items()))
+    cls, sep = _token_str(config.get("cls_token")) or "[CLS]", _token_str(config.get("sep_token")) or "[SEP]"
+    if tok.token_to_id(cls) is None or tok.token_to_id(sep) is None:
+        raise CheckpointError(f"{vocab_path}: {cls} / {sep} are not in the vocabulary")
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+    return _wrap_tokenizers(tok, config, limit, pad_to_max_length)
+
+
 # tokenizer_class (without "Fast") -> builder(directory, tokenizer settings, max_length, pad_to_max_length)
 SLOW_BUILDERS: dict[str, Callable[[Path, dict, int, bool], Tokenizer]] = {
     "SiglipTokenizer": _siglip_sentencepiece,
@@ -415,4 +460,5 @@ SLOW_BUILDERS: dict[str, Callable[[Path, dict, int, bool], Tokenizer]] = {
     "CLIPTokenizer": _clip_bpe,
     "GPT2Tokenizer": _gpt2_bpe,
     "T5Tokenizer": _t5_sentencepiece,
+    "BertTokenizer": _bert_wordpiece,
 }
