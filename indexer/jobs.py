@@ -340,6 +340,9 @@ class _Runner:
         for p in procs:
             p.start()
         in_flight: dict[int, str] = {}  # seq -> uri, for inputs a crashed worker never answered
+        # skips and listing errors stay in this process: through result_q they could arrive after the
+        # workers' "done" (no ordering between producers)
+        local_q: queue.Queue = queue.Queue(maxsize=1024)
         stop = threading.Event()
         feeder_error: list[BaseException] = []
         feeder_done = threading.Event()
@@ -355,7 +358,7 @@ class _Runner:
                         in_flight[seq] = ev[1].uri
                         _put_until(task_q, (seq, ev[1]), stop)
                     else:
-                        _put_until(result_q, (0,) + ev, stop)
+                        _put_until(local_q, ev, stop)
             except BaseException as exc:  # surfaced by the main thread
                 feeder_error.append(exc)
             finally:
@@ -367,18 +370,25 @@ class _Runner:
         feeder.start()
         finished = 0
         try:
-            while finished < len(procs):
+            while True:
+                while True:
+                    try:
+                        yield local_q.get_nowait()
+                    except queue.Empty:
+                        break
+                if finished == len(procs) and feeder_done.is_set() and local_q.empty():
+                    break
                 try:
-                    msg = result_q.get(timeout=1.0)
+                    busy_feeder = not (feeder_done.is_set() and local_q.empty())
+                    msg = result_q.get(timeout=0.01 if busy_feeder or finished == len(procs) else 0.5)
                 except queue.Empty:
                     self._replace_dead(procs, ctx, args)
                     continue
                 if msg[0] == "done":
                     finished += 1
                     continue
-                seq, ev = msg[0], msg[1:]
-                in_flight.pop(seq, None)
-                yield ev
+                in_flight.pop(msg[0], None)
+                yield msg[1:]
             if feeder_error:
                 raise feeder_error[0]
             for seq, uri in sorted(in_flight.items()):  # lost with a crashed worker
