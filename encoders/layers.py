@@ -8,6 +8,7 @@ merges q/k/v into one matmul after loading, since one larger GEMM runs faster th
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -312,3 +313,69 @@ def bert_layer_rules(ours: str, theirs: str):
         Rule(rf"{o}\.(\d+)\.mlp\.fc2\.(weight|bias)", rf"{t}.\1.output.dense.\2"),
         Rule(rf"{o}\.(\d+)\.mlp_norm\.(weight|bias)", rf"{t}.\1.output.LayerNorm.\2"),
     ]
+
+
+class RMSNorm(nn.Module):
+    """Scale-only norm without mean subtraction (T5's LayerNorm). The variance is taken in float32; with
+    half-precision weights the normalised input is cast to the weight dtype before scaling, as T5 does."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            x = x.to(self.weight.dtype)
+        return self.weight * x
+
+
+class GatedMLP(nn.Module):
+    """fc2(act(gate(x)) * up(x)): T5 v1.1 / Flan-T5 gated-GELU feed-forward (and SwiGLU-style MLPs)."""
+
+    def __init__(self, dim: int, hidden: int, act: str = "gelu_new", bias: bool = False):
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden, bias=bias)
+        self.up = nn.Linear(dim, hidden, bias=bias)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.gate(x)) * self.up(x)
+        # the output projection may be kept in float32 (T5 in float16 overflows there)
+        return self.fc2(h.to(self.fc2.weight.dtype))
+
+
+class RelativePositionBias(nn.Module):
+    """T5's learned per-head attention bias over bucketed relative distances (key - query): exact buckets
+    for short distances, log-spaced ones up to `max_distance`. Bidirectional (encoder) splits the buckets
+    between both directions; unidirectional (decoder) only sees the past."""
+
+    def __init__(self, num_buckets: int, max_distance: int, num_heads: int, bidirectional: bool):
+        super().__init__()
+        self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
+        self.embed = nn.Embedding(num_buckets, num_heads)
+
+    def bucket(self, relative: torch.Tensor) -> torch.Tensor:
+        buckets = self.num_buckets
+        offset = torch.zeros_like(relative)
+        if self.bidirectional:
+            buckets //= 2
+            offset = (relative > 0).long() * buckets
+            distance = relative.abs()
+        else:
+            distance = (-relative).clamp_min(0)
+        exact = buckets // 2
+        log_bucket = exact + (torch.log(distance.float() / exact) / math.log(self.max_distance / exact)
+                              * (buckets - exact)).long()
+        log_bucket = log_bucket.clamp_max(buckets - 1)
+        return offset + torch.where(distance < exact, distance, log_bucket)
+
+    def forward(self, query_len: int, key_len: int, query_offset: int = 0) -> torch.Tensor:
+        """(1, H, query_len, key_len) bias; `query_offset` = positions already decoded (KV cache)."""
+        device = self.embed.weight.device
+        q = torch.arange(query_len, device=device)[:, None] + query_offset
+        k = torch.arange(key_len, device=device)[None, :]
+        return self.embed(self.bucket(k - q)).permute(2, 0, 1).unsqueeze(0)
