@@ -1,0 +1,206 @@
+"""Serving benchmark: text Search latency and QPS at concurrency 1, 8 and 32, batching on vs off, next to
+the text tower's own batched throughput measured in the same run.
+
+    python bench/serving.py [--requests-per-client 4] [--items 2000] [--batch-wait-ms 5] [--out bench/results/serving.json]
+
+The model is the base-size SigLIP (transformers' SiglipConfig defaults, random weights) saved to a temp
+dir and loaded through encoders.load. The server runs in its own process (`mmsearch serve`), so client
+threads do not share its GIL; clients are threads in this process, each with its own channel, each
+sending distinct texts back to back (closed loop).
+
+Goals checked (and written to the JSON):
+  qps_c32_batched >= 0.9 x tower texts/s (batch 32)
+  p50_c1_batched - tower time for one text <= 3 ms
+  p99_c32_batched <= max wait + 2 x tower time for a batch of 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the tiny sentencepiece trainer used for the tokenizer
+
+
+def make_base_siglip(out: Path) -> Path:
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor, SiglipTokenizer
+
+    from tiny_checkpoints import train_sentencepiece
+
+    sp_model = train_sentencepiece(out / "_sp", vocab_size=200)
+    tokenizer = SiglipTokenizer(str(sp_model), model_max_length=64)
+    torch.manual_seed(0)
+    model = SiglipModel(SiglipConfig()).eval()  # base defaults: 12 layers, hidden 768, 64 text positions
+    model.save_pretrained(out)
+    SiglipProcessor(image_processor=SiglipImageProcessorPil(), tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def tower_numbers(enc, batch: int, repeats: int) -> dict:
+    texts = [f"tower text {i} about a red bicycle in the rain" for i in range(batch)]
+    enc.encode_texts(texts[:1])
+    enc.encode_texts(texts)
+    singles, batches = [], []
+    for i in range(max(10, repeats * 3)):
+        t = time.perf_counter()
+        enc.encode_texts([f"single {i}"])
+        singles.append(time.perf_counter() - t)
+    for _ in range(repeats):
+        t = time.perf_counter()
+        enc.encode_texts(texts)
+        batches.append(time.perf_counter() - t)
+    one, full = statistics.median(singles), statistics.median(batches)
+    return {"one_text_ms": one * 1000, "batch": batch, "batch_ms": full * 1000, "texts_per_s": batch / full}
+
+
+def start_server(data_dir: Path, batching: bool, batch_max: int, wait_ms: float, log_path: Path):
+    cmd = [sys.executable, "-m", "search.cli", "serve", "--address", "127.0.0.1:0", "--data-dir", str(data_dir),
+           "--workers", "64", "--batch-max", str(batch_max), "--batch-wait-ms", str(wait_ms)]
+    if not batching:
+        cmd.append("--no-batching")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    line = proc.stdout.readline()
+    if "serving on" not in line:
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line!r}; see {log_path}")
+    return proc, int(line.split("127.0.0.1:")[1].split()[0])
+
+
+def run_load(port: int, concurrency: int, per_client: int, tag: str) -> dict:
+    from search.client import SearchClient
+
+    latencies: list[float] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(concurrency + 1)
+
+    def client(n: int):
+        with SearchClient(f"127.0.0.1:{port}", timeout=600) as c:
+            c.search("bench", text=f"warm {tag} {n}", top_k=10)
+            barrier.wait()
+            mine = []
+            for i in range(per_client):
+                t = time.perf_counter()
+                c.search("bench", text=f"{tag} client {n} query {i}: a red bicycle", top_k=10)
+                mine.append(time.perf_counter() - t)
+            with lock:
+                latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(concurrency)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ms = [x * 1000 for x in latencies]
+    return {"concurrency": concurrency, "requests": len(ms), "wall_s": wall, "qps": len(ms) / wall,
+            "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "mean_ms": float(np.mean(ms))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--c1-requests", type=int, default=40)
+    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--batch-max", type=int, default=32)
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--tower-repeats", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serving.json"))
+    args = parser.parse_args()
+
+    import torch
+
+    import encoders
+    from indexer.store import Store, UpsertRow
+
+    tmp = Path(tempfile.mkdtemp(prefix="mmsearch-bench-"))
+    t = time.perf_counter()
+    model_dir = make_base_siglip(tmp / "siglip-base-random")
+    enc = encoders.load(model_dir)
+    print(f"model: base SigLIP (random weights), dim {enc.dim}, built+loaded in {time.perf_counter() - t:.0f}s; "
+          f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}", flush=True)
+
+    data_dir = tmp / "data"
+    with Store.open(data_dir) as store:
+        handle = store.create_collection("bench", enc, "flat")
+        rng = np.random.default_rng(0)
+        vecs = rng.normal(size=(args.items, enc.dim)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        for start in range(0, args.items, 500):
+            handle.upsert([UpsertRow(uri=f"item-{i}", sha256=f"{i:064x}", width=224, height=224, vector=vecs[i],
+                                     meta={"i": i}) for i in range(start, min(start + 500, args.items))])
+        handle.save_index()
+
+    tower = tower_numbers(enc, args.batch_max, args.tower_repeats)
+    print(f"text tower: one text {tower['one_text_ms']:.1f} ms, batch of {tower['batch']} {tower['batch_ms']:.0f} ms "
+          f"= {tower['texts_per_s']:.1f} texts/s", flush=True)
+    del enc
+
+    runs = []
+    for batching in (True, False):
+        proc, port = start_server(data_dir, batching, args.batch_max, args.batch_wait_ms,
+                                  tmp / f"server-{'on' if batching else 'off'}.log")
+        try:
+            for c in args.concurrency:
+                per_client = args.c1_requests if c == 1 else args.requests_per_client
+                r = run_load(port, c, per_client, f"{'b' if batching else 'n'}{c}")
+                r["batching"] = batching
+                runs.append(r)
+                print(f"batching {'on ' if batching else 'off'} c={c:<3d} {r['requests']:4d} requests  "
+                      f"QPS {r['qps']:7.2f}  p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+
+    def pick(batching, c):
+        return next((r for r in runs if r["batching"] == batching and r["concurrency"] == c), None)
+
+    goals = {}
+    if pick(True, 32):
+        goals["qps_c32_vs_tower"] = {"value": pick(True, 32)["qps"] / tower["texts_per_s"], "goal": ">= 0.9"}
+        goals["p99_c32_ms"] = {"value": pick(True, 32)["p99_ms"],
+                               "goal": f"<= {args.batch_wait_ms + 2 * tower['batch_ms']:.0f} (max wait + 2 batches)"}
+        goals["p99_c32_ms"]["met"] = goals["p99_c32_ms"]["value"] <= args.batch_wait_ms + 2 * tower["batch_ms"]
+        goals["qps_c32_vs_tower"]["met"] = goals["qps_c32_vs_tower"]["value"] >= 0.9
+    if pick(True, 1):
+        overhead = pick(True, 1)["p50_ms"] - tower["one_text_ms"]
+        goals["c1_overhead_ms"] = {"value": overhead, "goal": "<= 3", "met": overhead <= 3.0}
+    print("\ngoals:")
+    for name, g in goals.items():
+        print(f"  {name:18s} {g['value']:10.3f}  goal {g['goal']:>32s}  {'met' if g['met'] else 'NOT met'}")
+
+    out = {"model": "SigLIP base (SiglipConfig defaults, random weights), text tower, 64 tokens",
+           "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+           "settings": {"items": args.items, "batch_max": args.batch_max, "batch_wait_ms": args.batch_wait_ms,
+                        "requests_per_client": args.requests_per_client, "c1_requests": args.c1_requests,
+                        "index": "flat", "top_k": 10},
+           "tower": tower, "runs": runs, "goals": goals,
+           "command": "python bench/serving.py " + " ".join(sys.argv[1:])}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
