@@ -48,6 +48,8 @@ def reference_tokens(processor, texts):
 
 
 LAYOUTS = ["current", "legacy"]
+# more than one length group (encoders.blip.by_length trims each group of 8 to its own longest text)
+MANY_TEXTS = TEXTS + [f"a photo of {' '.join(['a cat'] * i)}" for i in range(1, 12)]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -72,14 +74,14 @@ def test_blip_dual_encoder_matches_transformers(layout, blip_dirs, reference_ret
     with torch.no_grad():
         image_tokens = model.vision_model(**processor(images=images, return_tensors="pt")).last_hidden_state
         ref_img = torch.nn.functional.normalize(model.vision_proj(image_tokens[:, 0]), dim=-1).numpy()
-        tok = reference_tokens(processor, TEXTS)
+        tok = reference_tokens(processor, MANY_TEXTS)
         text_tokens = model.text_encoder(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
         ref_txt = torch.nn.functional.normalize(model.text_proj(text_tokens[:, 0]), dim=-1).numpy()
 
     enc = encoders.load(str(blip_dirs["retrieval", layout]))
     assert (enc.family, enc.dim) == ("blip", 16)
-    img, txt = enc.encode_images(images), enc.encode_texts(TEXTS)
-    assert img.dtype == np.float32 and img.shape == (len(images), 16) and txt.shape == (len(TEXTS), 16)
+    img, txt = enc.encode_images(images), enc.encode_texts(MANY_TEXTS)
+    assert img.dtype == np.float32 and img.shape == (len(images), 16) and txt.shape == (len(MANY_TEXTS), 16)
     np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1.0, atol=1e-5)
     assert np.abs(img - ref_img).max() <= 1e-4
     assert np.abs(txt - ref_txt).max() <= 1e-4
@@ -98,8 +100,8 @@ def reference_itm(model, processor, images, texts):
 def test_blip_itm_matches_transformers(layout, blip_dirs, reference_retrieval):
     model, processor = reference_retrieval
     images = mixed_batch()
-    images = images + images[:1]
-    texts = TEXTS
+    images = (images * 4)[:len(MANY_TEXTS)]
+    texts = MANY_TEXTS
     ref = reference_itm(model, processor, images, texts)
     assert ref.std() > 1e-3  # the tiny model must tell pairs apart, or the comparison proves little
     rr = encoders.load_reranker(str(blip_dirs["retrieval", layout]))
