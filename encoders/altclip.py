@@ -80,18 +80,19 @@ class AltCLIPModel(nn.Module):
         return self.text_projection(self.text(input_ids, attention_mask))
 
 
-def _stack_name(names: list[str], prefix: str) -> str:
+def _stack_name(names: list[str], prefix: str, where: str) -> str:
     """Layer stacks are saved as `<prefix>.layer.N` (XLM-R, transformers' own saves) or `<prefix>.layers.N`
     (CLIP-style hub snapshots); use whichever this checkpoint has."""
     for stack in ("layers", "layer"):
         if any(n.startswith(f"{prefix}.{stack}.") for n in names):
             return f"{prefix}.{stack}"
-    raise CheckpointError(f"no tensors named {prefix}.layer(s).N in the checkpoint")
+    raise CheckpointError(f"{where}: no tensors named {prefix}.layer.N or {prefix}.layers.N (not an AltCLIP checkpoint?)")
 
 
-def rules(tensor_names: list[str]) -> list[Rule]:
-    vision_layers = _stack_name(tensor_names, "vision_model.encoder")
-    text_layers = _stack_name(tensor_names, "text_model.roberta.encoder")
+def rules(ckpt: Checkpoint) -> list[Rule]:
+    names, where = ckpt.tensor_names(), ckpt.describe_files()
+    vision_layers = _stack_name(names, "vision_model.encoder", where)
+    text_layers = _stack_name(names, "text_model.roberta.encoder", where)
     return [
         Rule(r"vision\.patch_embed\.proj\.weight", "vision_model.embeddings.patch_embedding.weight"),
         Rule(r"vision\.class_embed", "vision_model.embeddings.class_embedding"),
@@ -140,7 +141,7 @@ def load_altclip(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> 
     config = with_config_defaults(ckpt.config)
     digest = ckpt.digest
     model = build_on_meta(lambda: AltCLIPModel(config))
-    load_weights(model, ckpt, rules(ckpt.tensor_names()), ignore=IGNORED, dtype=dtype, device=device, family="AltCLIP")
+    load_weights(model, ckpt, rules(ckpt), ignore=IGNORED, dtype=dtype, device=device, family="AltCLIP")
     fuse_projections(model).eval()
     text_cfg = config["text_config"]
     # XLM-R positions start after padding_idx, so the text limit is two short of the position table
