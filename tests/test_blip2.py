@@ -1,6 +1,8 @@
 """BLIP-2 parity with transformers: ITM probabilities, greedy and beam captions with OPT and T5 language
 models, tokenizers; tiny random checkpoints in the current and the legacy hub layout."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -48,12 +50,19 @@ def reference_itm(ckpt_dir, images, texts):
     return logits.softmax(dim=-1)[:, 1].numpy()
 
 
-def reference_captions(ckpt_dir, images, prompt, num_beams, max_new_tokens=12):
-    """transformers' ids (image placeholders dropped, padding after eos dropped) and decoded captions."""
+@functools.lru_cache(maxsize=None)
+def _reference_captioner(ckpt_dir):
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-    model = Blip2ForConditionalGeneration.from_pretrained(ckpt_dir).eval()
-    processor = Blip2Processor.from_pretrained(ckpt_dir)
+    return Blip2ForConditionalGeneration.from_pretrained(ckpt_dir).eval(), Blip2Processor.from_pretrained(ckpt_dir)
+
+
+@functools.lru_cache(maxsize=None)
+def reference_captions(ckpt_dir, prompt, num_beams, max_new_tokens=12):
+    """transformers' ids for mixed_batch() (image placeholders dropped, padding after eos dropped) and decoded
+    captions (computed once per checkpoint and setting: both layouts compare with them)."""
+    model, processor = _reference_captioner(ckpt_dir)
+    images = mixed_batch()
     # T5 has no bos, so transformers 5 cannot caption without text; the empty prompt is what LAVIS feeds
     text = prompt if prompt is not None or model.config.use_decoder_only_language_model else ""
     inputs = processor(images=images, text=None if text is None else [text] * len(images), return_tensors="pt")
@@ -106,7 +115,7 @@ def test_captions_match_transformers(lm, layout, caption_dirs):
     cap.batch_size = 3  # batched over images, in two chunks
     for prompt in (None, PROMPT):
         for num_beams in (1, 3):
-            ref_ids, ref_captions = reference_captions(caption_dirs[lm]["current"], images, prompt, num_beams)
+            ref_ids, ref_captions = reference_captions(str(caption_dirs[lm]["current"]), prompt, num_beams)
             ours = cap.generate_ids(images, prompt=prompt, max_new_tokens=12, num_beams=num_beams)
             assert ours == ref_ids, (prompt, num_beams)
             assert cap.caption(images, prompt=prompt, max_new_tokens=12, num_beams=num_beams) == ref_captions
