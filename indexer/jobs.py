@@ -23,6 +23,7 @@ import hashlib
 import io
 import logging
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
 import queue
 import signal
@@ -156,36 +157,44 @@ def _original_size(data: bytes, decoded) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def _worker(task_q, result_q, preprocessor, max_pixels, max_bytes, want_thumb, parent_pid):
+def _worker(task_q, conn, preprocessor, max_pixels, max_bytes, want_thumb, parent_pid):
+    """Decode loop. Results go back over this worker's own pipe with a blocking send: a result is either
+    wholly received or, if this process dies, the main process reads end-of-file (never half a message)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
+    _die_with_parent()
     try:
         import torch
 
         torch.set_num_threads(1)
     except ImportError:
         pass
-    while True:
-        try:
-            task = task_q.get(timeout=1.0)
-        except queue.Empty:
-            if os.getppid() != parent_pid:
-                return  # the job process died (kill -9): do not linger
-            continue
-        if task is None:
-            _put(result_q, ("done",), parent_pid)
-            return
-        seq, item = task
-        _put(result_q, (seq,) + decode_item(item, preprocessor, max_pixels, max_bytes, want_thumb), parent_pid)
+    try:
+        while True:
+            try:
+                task = task_q.get(timeout=1.0)
+            except queue.Empty:
+                if os.getppid() != parent_pid:
+                    os._exit(0)  # the job process died (kill -9): do not linger
+                continue
+            if task is None:
+                conn.send(("done",))
+                conn.close()
+                return
+            seq, item = task
+            conn.send((seq,) + decode_item(item, preprocessor, max_pixels, max_bytes, want_thumb))
+    except (BrokenPipeError, EOFError, OSError):
+        os._exit(0)  # the main process is gone
 
 
-def _put(q, msg, parent_pid) -> None:
-    while True:
-        try:
-            q.put(msg, timeout=1.0)
-            return
-        except queue.Full:
-            if os.getppid() != parent_pid:
-                raise SystemExit(0)
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when the job process dies (kill -9 included)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 # ---- the main half -------------------------------------------------------------------------------------------
@@ -332,16 +341,22 @@ class _Runner:
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         n = self.opt.workers
         task_q = ctx.Queue(maxsize=4 * n)
-        result_q = ctx.Queue(maxsize=4 * n + 16)
-        args = (task_q, result_q, self.encoder.image_preprocessor, self.opt.max_pixels, self.opt.max_bytes,
-                self.captioner is not None, os.getpid())
-        procs = [ctx.Process(target=_worker, args=args, daemon=True, name=f"mmsearch-decode-{i}")
-                 for i in range(n)]
-        for p in procs:
-            p.start()
+        common = (self.encoder.image_preprocessor, self.opt.max_pixels, self.opt.max_bytes,
+                  self.captioner is not None, os.getpid())
+        readers: dict = {}  # result pipe -> its process
+
+        def start_worker(i: int) -> None:
+            reader, writer = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker, args=(task_q, writer) + common, daemon=True,
+                               name=f"mmsearch-decode-{i}")
+            proc.start()
+            writer.close()  # only the worker holds the write end, so its death reads as end-of-file
+            readers[reader] = proc
+
+        for i in range(n):
+            start_worker(i)
         in_flight: dict[int, str] = {}  # seq -> uri, for inputs a crashed worker never answered
-        # skips and listing errors stay in this process: through result_q they could arrive after the
-        # workers' "done" (no ordering between producers)
+        # skips and listing errors stay in this process (they need no decoding)
         local_q: queue.Queue = queue.Queue(maxsize=1024)
         stop = threading.Event()
         feeder_error: list[BaseException] = []
@@ -363,12 +378,14 @@ class _Runner:
                 feeder_error.append(exc)
             finally:
                 feeder_done.set()
-                for _ in procs:
+                for _ in range(n):
                     _put_until(task_q, None, stop)
 
         feeder = threading.Thread(target=feed, name="mmsearch-feeder", daemon=True)
         feeder.start()
         finished = 0
+        said_done: set = set()
+        started = n
         try:
             while True:
                 while True:
@@ -376,41 +393,43 @@ class _Runner:
                         yield local_q.get_nowait()
                     except queue.Empty:
                         break
-                if finished == len(procs) and feeder_done.is_set() and local_q.empty():
+                if finished == n and feeder_done.is_set() and local_q.empty():
                     break
-                try:
-                    busy_feeder = not (feeder_done.is_set() and local_q.empty())
-                    msg = result_q.get(timeout=0.01 if busy_feeder or finished == len(procs) else 0.5)
-                except queue.Empty:
-                    self._replace_dead(procs, ctx, args)
-                    continue
-                if msg[0] == "done":
-                    finished += 1
-                    continue
-                in_flight.pop(msg[0], None)
-                yield msg[1:]
+                busy_feeder = not (feeder_done.is_set() and local_q.empty())
+                ready = mp_connection.wait(list(readers), timeout=0.01 if busy_feeder or finished == n else 0.5)
+                for reader in ready:
+                    try:
+                        msg = reader.recv()
+                    except (EOFError, OSError):
+                        proc = readers.pop(reader)
+                        proc.join(timeout=5)
+                        if reader not in said_done:  # died before its "done": a crash; input reported below
+                            log.warning("decode worker %s died (exit %s); starting another", proc.name,
+                                        proc.exitcode)
+                            start_worker(started)
+                            started += 1
+                        continue
+                    if msg[0] == "done":
+                        finished += 1
+                        said_done.add(reader)
+                        continue
+                    in_flight.pop(msg[0], None)
+                    yield msg[1:]
             if feeder_error:
                 raise feeder_error[0]
             for seq, uri in sorted(in_flight.items()):  # lost with a crashed worker
                 yield ("err", uri, "the decoder process crashed on this input")
         finally:
             stop.set()
-            for p in procs:
-                if p.is_alive():
-                    p.terminate()
-            for p in procs:
-                p.join(timeout=5)
+            for proc in readers.values():
+                if proc.is_alive():
+                    proc.terminate()
+            for reader, proc in readers.items():
+                proc.join(timeout=5)
+                reader.close()
+            for reader in said_done:
+                reader.close()
             task_q.cancel_join_thread()
-            result_q.cancel_join_thread()
-
-    @staticmethod
-    def _replace_dead(procs, ctx, args) -> None:
-        """Replace workers that died without saying done (a decoder crash); their input is reported at the end."""
-        for i, p in enumerate(procs):
-            if not p.is_alive() and p.exitcode not in (0, None):
-                log.warning("decode worker %s died (exit %s); starting another", p.name, p.exitcode)
-                procs[i] = ctx.Process(target=_worker, args=args, daemon=True, name=p.name)
-                procs[i].start()
 
     # the pipeline body -----------------------------------------------------------------------------------------
 
