@@ -33,13 +33,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from encoders.errors import InvalidInput, MMSearchError
 from encoders.preprocess import DEFAULT_MAX_PIXELS, load_image
-from indexer.catalog import Item, Job, JobError, utcnow
+from indexer.catalog import Job, JobError, utcnow
 from indexer.sources import SourceItem, check_paths, count_paths, iter_objects, iter_paths
-from indexer.store import CollectionHandle, Store
+from indexer.store import CollectionHandle, Store, UpsertRow
 
 log = logging.getLogger("mmsearch.indexer")
 
@@ -494,50 +494,21 @@ class _Runner:
         counts = dict(self.pending_counts)
         if not batch and not errors and not counts["seen"]:
             return
-        cid = self.handle.id
-        added = updated = skipped = 0
-        changed: list[tuple[Item, np.ndarray]] = []
-        with self.catalog.write(cid) as (s, rev):
-            known_sha = self.catalog.existing_shas(s, cid, [d.sha256 for d in batch])
-            by_uri: dict[str, Item] = {}
-            if self.opt.update and batch:
-                for chunk_start in range(0, len(batch), 900):
-                    uris = [d.uri for d in batch[chunk_start:chunk_start + 900]]
-                    for row in s.scalars(select(Item).where(self.catalog.live(cid), Item.uri.in_(uris))):
-                        by_uri[row.uri] = row
-            now = utcnow()
-            for d in batch:
-                if d.sha256 in known_sha:
-                    skipped += 1  # same content already indexed (unchanged file, or a copy elsewhere)
-                    continue
-                known_sha[d.sha256] = -1
-                row = by_uri.get(d.uri)
-                if row is not None:  # --update: the file at this uri changed
-                    row.sha256, row.width, row.height = d.sha256, d.width, d.height
-                    row.vector, row.updated, row.rev = d.vector.tobytes(), now, rev
-                    if d.meta:
-                        row.meta = d.meta
-                    if d.caption is not None:
-                        row.caption = d.caption
-                    updated += 1
-                else:
-                    row = Item(collection_id=cid, uri=d.uri, sha256=d.sha256, width=d.width, height=d.height,
-                               caption=d.caption, meta=d.meta or {}, vector=d.vector.tobytes(), created=now,
-                               updated=now, deleted=False, rev=rev)
-                    s.add(row)
-                    added += 1
-                changed.append((row, d.vector))
-            s.flush()
+        rows = [UpsertRow(uri=d.uri, sha256=d.sha256, width=d.width, height=d.height, vector=d.vector,
+                          meta=d.meta or None, caption=d.caption) for d in batch]
+        with self.catalog.write(self.handle.id) as (s, rev):
+            outcome, ids, vecs = self.handle.write_rows(s, rev, rows, replace_uri=self.opt.update)
+            added = sum(1 for _, what in outcome if what == "added")
+            updated = sum(1 for _, what in outcome if what == "updated")
+            # "duplicate": the same content is already indexed (an unchanged file, or a copy elsewhere)
+            skipped = len(outcome) - added - updated + counts["skipped"]
             for uri, reason in errors:
                 s.add(JobError(job_id=self.job_id, uri=uri[:4000], reason=reason[:2000]))
-            skipped += counts["skipped"]
             s.execute(update(Job).where(Job.id == self.job_id).values(
                 seen=Job.seen + counts["seen"], added=Job.added + added, updated_count=Job.updated_count + updated,
                 skipped=Job.skipped + skipped, failed=Job.failed + len(errors),
                 decode_s=Job.decode_s + self.pending_decode_s, encode_s=Job.encode_s + self.pending_encode_s,
                 commit_s=Job.commit_s + self.pending_commit_s))
-            ids = np.fromiter((row.id for row, _ in changed), dtype=np.int64, count=len(changed))
-        vecs = np.stack([v for _, v in changed]) if changed else np.zeros((0, self.handle.dim), np.float32)
         self.handle.apply_commit(rev, ids, vecs)
         r = self.result
         r.seen += counts["seen"]

@@ -52,14 +52,15 @@ class Hit:
 
 @dataclass(frozen=True)
 class UpsertRow:
-    """One item for CollectionHandle.upsert: the uri is the key; the vector is already encoded."""
+    """One item to write: `vector` is the L2-normalised float32 embedding; `meta`/`caption` None keeps the
+    stored value when the row replaces an existing uri."""
 
     uri: str
     sha256: str
     width: int
     height: int
-    vector: np.ndarray
-    meta: dict
+    vector: np.ndarray | None
+    meta: dict | None = None
     caption: str | None = None
 
 
@@ -206,45 +207,75 @@ class CollectionHandle:
 
     # ---- writes ------------------------------------------------------------------------------------------------
 
-    def upsert(self, rows: "list[UpsertRow]") -> list[tuple[int, str | None]]:
-        """Insert or replace items keyed by uri, in one write transaction (the gRPC Upsert). Returns, per row,
-        (item id, None) or (id of the live item that already holds this content, why nothing was written):
-        content (sha256) stays unique among live items. The open index is updated."""
+    def upsert(self, rows: list[UpsertRow]) -> list[tuple[int, str | None]]:
+        """Write rows in one transaction: a row whose uri is live replaces that item (same id); a row whose
+        content (sha256) is already live under another uri is refused. Returns, per row, (item id, None) or
+        (id of the item that already holds this content, reason)."""
+        with self.catalog.write(self.id) as (s, rev):
+            outcome, ids, vecs = self.write_rows(s, rev, rows, replace_uri=True)
+        self.apply_commit(rev, ids, vecs)
+        return [(i, None if what != "duplicate" else f"the same image is already item {i} of collection {self.name!r}")
+                for i, what in outcome]
+
+    def write_rows(self, s, rev: int, rows: list[UpsertRow], *, replace_uri: bool
+                   ) -> tuple[list[tuple[int, str]], np.ndarray, np.ndarray]:
+        """Inside a `catalog.write` transaction: insert / replace rows. Returns ([(id, "added" | "updated" |
+        "duplicate")], ids written, their vectors) — the last two go to `apply_commit` after the commit."""
         from sqlalchemy import select
 
         from indexer.catalog import utcnow
 
-        out: list[tuple[int, str | None]] = []
-        changed: list[tuple[Item, np.ndarray]] = []
-        with self.catalog.write(self.id) as (s, rev):
-            by_uri = {row.uri: row for row in s.scalars(
-                select(Item).where(self.catalog.live(self.id), Item.uri.in_([r.uri for r in rows])))}
-            by_sha = self.catalog.existing_shas(s, self.id, [r.sha256 for r in rows])
-            now = utcnow()
-            for r in rows:
-                vec = np.ascontiguousarray(r.vector, dtype="<f4")
-                if vec.shape != (self.dim,):
-                    raise InvalidInput(f"upsert {r.uri}: vector has shape {vec.shape}, collection dim is {self.dim}")
-                row, owner = by_uri.get(r.uri), by_sha.get(r.sha256)
-                if owner is not None and (row is None or owner != row.id):
-                    out.append((owner, f"the same image is already item {owner} of collection {self.name!r}"))
-                    continue
-                if row is None:
-                    row = Item(collection_id=self.id, uri=r.uri, created=now, deleted=False)
-                    s.add(row)
-                    by_uri[r.uri] = row
-                elif row.sha256 != r.sha256:
-                    by_sha.pop(row.sha256, None)
-                row.sha256, row.width, row.height, row.vector = r.sha256, r.width, r.height, vec.tobytes()
-                row.meta, row.caption, row.updated, row.rev = dict(r.meta or {}), r.caption, now, rev
-                s.flush()
-                by_sha[r.sha256] = row.id
-                out.append((row.id, None))
-                changed.append((row, vec))
-            ids = np.fromiter((row.id for row, _ in changed), dtype=np.int64, count=len(changed))
-        if changed:
-            self.apply_commit(rev, ids, np.stack([v for _, v in changed]))
-        return out
+        for row in rows:
+            vec = np.asarray(row.vector, dtype=np.float32)
+            if vec.shape != (self.dim,) or not np.isfinite(vec).all():
+                raise InvalidInput(f"{row.uri}: vector must be {self.dim} finite floats, got shape {vec.shape}")
+        known_sha = self.catalog.existing_shas(s, self.id, [r.sha256 for r in rows])
+        by_uri: dict[str, Item] = {}
+        if replace_uri:
+            uris = [r.uri for r in rows]
+            for start in range(0, len(uris), 900):
+                for item in s.scalars(select(Item).where(self.catalog.live(self.id),
+                                                         Item.uri.in_(uris[start:start + 900]))):
+                    by_uri[item.uri] = item
+        now = utcnow()
+        outcome: list[tuple[Item | int, str]] = []
+        written: list[tuple[Item, np.ndarray]] = []
+        for r in rows:
+            vec = np.asarray(r.vector, dtype="<f4")
+            item = by_uri.get(r.uri)
+            holder = known_sha.get(r.sha256)
+            if holder is not None and (item is None or holder != item.id):
+                outcome.append((holder, "duplicate"))
+                continue
+            if item is not None:
+                item.sha256, item.width, item.height = r.sha256, int(r.width), int(r.height)
+                item.vector, item.updated, item.rev = vec.tobytes(), now, rev
+                if r.meta is not None:
+                    item.meta = r.meta
+                if r.caption is not None:
+                    item.caption = r.caption
+                outcome.append((item, "updated"))
+            else:
+                item = Item(collection_id=self.id, uri=r.uri, sha256=r.sha256, width=int(r.width),
+                            height=int(r.height), caption=r.caption, meta=r.meta or {}, vector=vec.tobytes(),
+                            created=now, updated=now, deleted=False, rev=rev)
+                s.add(item)
+                by_uri[r.uri] = item
+                outcome.append((item, "added"))
+            known_sha[r.sha256] = -1  # a later row with the same content in this batch is a duplicate
+            written.append((item, vec))
+        s.flush()
+        for item, _ in written:
+            known_sha[item.sha256] = item.id
+        result = []
+        for r, (o, what) in zip(rows, outcome):
+            if what == "duplicate":  # o: the holder's id (-1: an earlier row of this batch, id known now)
+                result.append((o if o >= 0 else known_sha.get(r.sha256, -1), what))
+            else:
+                result.append((o.id, what))
+        ids = np.fromiter((item.id for item, _ in written), dtype=np.int64, count=len(written))
+        vecs = np.stack([v for _, v in written]) if written else np.zeros((0, self.dim), np.float32)
+        return result, ids, vecs
 
     def delete(self, *, ids: Iterable[int] | None = None, uris: Iterable[str] | None = None, where=None) -> int:
         """Soft-delete live items by id, by uri and/or by an SQLAlchemy expression over Item (all given

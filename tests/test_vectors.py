@@ -280,3 +280,24 @@ def test_rebuild_with_spec_and_auto_growth(store, spec, monkeypatch):
         monkeypatch.setattr(vectors, "AUTO_FLAT_MAX", 300)
         assert coll.maybe_retrain() and coll.index.spec.kind == "ivf"
         assert_index_matches_catalog(coll)
+
+
+def test_upsert_replaces_by_uri_and_refuses_duplicate_content(store):
+    from indexer.store import UpsertRow
+
+    coll = _collection(store)
+    x = clustered(4, DIM, seed=14)
+    rows = [UpsertRow(uri=f"u{i}", sha256=f"{i:064x}", width=2, height=3, vector=x[i], meta={"i": i})
+            for i in range(3)]
+    rows.append(UpsertRow(uri="copy", sha256=f"{0:064x}", width=2, height=3, vector=x[0]))  # same content as u0
+    out = coll.upsert(rows)
+    assert [p is None for _, p in out] == [True, True, True, False]
+    assert out[3][0] == out[0][0] and "the same image is already item" in out[3][1]
+    [(same_id, problem)] = coll.upsert([UpsertRow(uri="u1", sha256="f" * 64, width=5, height=5, vector=x[3])])
+    assert problem is None and same_id == out[1][0]
+    row = coll.get([same_id])[same_id]
+    assert row.sha256 == "f" * 64 and row.meta == {"i": 1} and row.width == 5
+    assert coll.search(x[3], k=1)[0][0].id == same_id
+    assert_index_matches_catalog(coll)
+    with pytest.raises(InvalidInput, match="finite"):
+        coll.upsert([UpsertRow(uri="bad", sha256="e" * 64, width=1, height=1, vector=np.full(DIM, np.nan))])
