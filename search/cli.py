@@ -233,6 +233,17 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from encoders.errors import InvalidInput
+    from search.demo.run import run_demo
+
+    if not 20 <= args.images <= 100_000:
+        raise InvalidInput(f"demo: --images must be 20..100000, got {args.images}")
+    run_demo(args.data_dir, n_images=args.images, workers=args.workers, show=max(0, args.show),
+             progress=sys.stderr.isatty())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmsearch", description="Multimodal embedding search and retrieval.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -326,6 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     data_args(p)
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("demo", help="the main job offline: synthetic photos -> index -> gRPC server -> queries, "
+                       "scored against ground truth")
+    p.add_argument("--data-dir", default=default_data_dir(), help="data directory (default $MMSEARCH_DATA "
+                   "or ./mmsearch-data)")
+    p.add_argument("--images", type=int, default=2000, help="size of the synthetic collection (default 2000)")
+    p.add_argument("--workers", type=int, default=None, help="decode processes (default: cores - 1; 0: in-process)")
+    p.add_argument("--show", type=int, default=5, help="results printed per query (default 5)")
+    p.set_defaults(func=cmd_demo)
 
     return parser
 
