@@ -26,7 +26,10 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, Callable
