@@ -275,8 +275,11 @@ class _Runner:
         state, message = "done", None
         try:
             events = self._inline(items) if self.opt.workers == 0 else self._with_workers(items)
-            for event in events:
-                self._handle(event)
+            try:
+                for event in events:
+                    self._handle(event)
+            finally:
+                events.close()  # stops the workers now, also on Ctrl-C
             self._flush(final=True)
         except KeyboardInterrupt:
             state, message = "interrupted", "interrupted (Ctrl-C); rerun the same command to resume"

@@ -313,6 +313,7 @@ class CollectionHandle:
 
     def _open(self, rev: int, purged: int) -> VectorIndex:
         path = self.store.index_path(self.name)
+        _remove_stale_temp_files(path)
         if not os.path.exists(path):
             log.info("index %s: no file, building from the catalog", path)
             return self._build(rev, save=True)
@@ -435,3 +436,21 @@ class CollectionHandle:
         index.save(self.store.index_path(self.name),
                    {"collection_id": self.id, "collection_uid": self.row.uid, "collection": self.name,
                     "encoder_digest": self.row.encoder_digest, "encoder_name": self.row.encoder_name})
+
+
+def _remove_stale_temp_files(path: str, age_s: float = 3600.0) -> None:
+    """Temp files left by a save that was killed midway (a live save finishes in well under an hour)."""
+    folder, base = os.path.split(path)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        if name.startswith(base + ".") and name.endswith(".tmp"):
+            full = os.path.join(folder, name)
+            try:
+                if now - os.path.getmtime(full) > age_s:
+                    os.unlink(full)
+            except OSError:
+                pass
