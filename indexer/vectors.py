@@ -25,6 +25,7 @@ the tombstone ids. `save` writes a temp file, fsyncs, renames over the target an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -83,8 +84,9 @@ class IndexSpec:
 
 
 def default_nlist(n: int) -> int:
-    # 4..16 * sqrt(n) is the usual range; 8 keeps lists ~sqrt(n)/8 long. Need >= 39 training points per list.
-    return int(max(1, min(8 * math.sqrt(max(n, 1)), n // 39)))
+    # 4..16 * sqrt(n) is the usual range; at the low end the coarse quantizer stays cheap at 10^5-10^6 items
+    # (bench/ann.py). k-means wants >= 39 training points per list.
+    return int(max(1, min(4 * math.sqrt(max(n, 1)), n // 39)))
 
 
 def default_nprobe(nlist: int) -> int:
@@ -258,6 +260,10 @@ class VectorIndex:
             return self._faiss_search(queries, k, sel, nprobe, ef)
 
     def _faiss_search(self, queries, k, sel, nprobe, ef):
+        with _threads_for(len(queries)):
+            return self._faiss_search_inner(queries, k, sel, nprobe, ef)
+
+    def _faiss_search_inner(self, queries, k, sel, nprobe, ef):
         kind = self.spec.kind
         if kind == "ivf":
             params = faiss.SearchParametersIVF(nprobe=nprobe or self.index.nprobe)
@@ -386,6 +392,25 @@ def _read_header(fh, path: str) -> dict:
     if meta["format"] != FORMAT:
         raise IndexFileError(f"{path}: index format {meta['format']} (this version writes {FORMAT})")
     return meta
+
+
+SINGLE_THREAD_BELOW = 8  # queries per call
+
+
+@contextlib.contextmanager
+def _threads_for(nq: int):
+    """A handful of queries runs on the calling thread only. OpenMP's thread count is per calling thread, so
+    concurrent server threads each search single-threaded; a busy machine otherwise makes every small
+    search wait on spinning OpenMP teams (measured: 20x slower single-query flat search under load)."""
+    if nq >= SINGLE_THREAD_BELOW:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _num_gpus() -> int:
