@@ -80,6 +80,13 @@ class Store:
         return cls(data_dir, db)
 
     def close(self) -> None:
+        """Persist indices that moved past their file, then release the database."""
+        with self._lock:
+            for handle in self._handles.values():
+                try:
+                    handle.save_if_changed()
+                except Exception as exc:  # never lose the close over a cache file; it is rebuilt on open
+                    log.warning("could not save the index of %s: %s", handle.name, exc)
         self.catalog.close()
 
     def __enter__(self) -> "Store":
@@ -154,6 +161,7 @@ class CollectionHandle:
     def __init__(self, store: Store, row: Collection):
         self.store, self.row = store, row
         self._index: VectorIndex | None = None
+        self._saved_watermark = -1
         self._lock = threading.RLock()
 
     @property
@@ -279,7 +287,7 @@ class CollectionHandle:
 
     def delete(self, *, ids: Iterable[int] | None = None, uris: Iterable[str] | None = None, where=None) -> int:
         """Soft-delete live items by id, by uri and/or by an SQLAlchemy expression over Item (all given
-        conditions must hold). Returns the number deleted; the index is updated and saved."""
+        conditions must hold). Returns the number deleted; the open index is updated."""
         if ids is None and uris is None and where is None:
             raise InvalidInput("delete: give ids, uris or a filter")
         cond = None
@@ -289,8 +297,7 @@ class CollectionHandle:
                 cond = part if cond is None else cond & part
         removed = self.catalog.delete_where(self.id, cond)
         if removed:
-            self.refresh()
-            self.save_index()
+            self.refresh()  # the file catches up from the tombstones when next opened; saved on close
         return len(removed)
 
     # ---- the index ---------------------------------------------------------------------------------------------
@@ -322,6 +329,7 @@ class CollectionHandle:
         except IndexFileError as exc:
             log.warning("index %s unusable (%s); rebuilding from the catalog", path, exc)
             return self._build(rev, save=True)
+        self._saved_watermark = index.watermark
         reason = None
         if meta.get("collection_uid") != self.row.uid or meta.get("collection_id") != self.id:
             reason = "belongs to another collection"
@@ -427,12 +435,18 @@ class CollectionHandle:
             self.rebuild()
         return stale
 
+    def save_if_changed(self) -> None:
+        with self._lock:
+            if self._index is not None and self._index.watermark != self._saved_watermark:
+                self._save(self._index)
+
     def save_index(self) -> None:
         """Persist the index, caught up to the current catalog revision."""
         with self._lock:
             self._save(self.refresh())
 
     def _save(self, index: VectorIndex) -> None:
+        self._saved_watermark = index.watermark
         index.save(self.store.index_path(self.name),
                    {"collection_id": self.id, "collection_uid": self.row.uid, "collection": self.name,
                     "encoder_digest": self.row.encoder_digest, "encoder_name": self.row.encoder_name})

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -40,6 +41,8 @@ import faiss
 import numpy as np
 
 from encoders.errors import InvalidInput
+
+log = logging.getLogger("mmsearch.indexer")
 
 MAGIC = b"MMSEARCH-FAISS\n"
 FORMAT = 1
@@ -111,6 +114,7 @@ class VectorIndex:
         self._ids_cache: np.ndarray | None = None
         self._gpu = None
         self._gpu_stale = True
+        self._gpu_failed = False
         self._lock = threading.RLock()
         if spec.kind == "ivf":
             self.index.nprobe = default_nprobe(self.index.nlist)
@@ -294,11 +298,16 @@ class VectorIndex:
         return scores, ids
 
     def _gpu_available(self) -> bool:
-        return self.spec.kind in ("flat", "ivf") and _num_gpus() > 0
+        return self.spec.kind in ("flat", "ivf") and not self._gpu_failed and _num_gpus() > 0
 
     def _gpu_search(self, queries, k, nprobe):
         if self._gpu is None or self._gpu_stale:
-            self._gpu = faiss.index_cpu_to_all_gpus(self.index)
+            try:
+                self._gpu = faiss.index_cpu_to_all_gpus(self.index)
+            except Exception as exc:  # e.g. out of GPU memory: keep serving from the CPU index
+                log.warning("cannot copy the %s index to the GPU (%s); searching on the CPU", self.spec, exc)
+                self._gpu_failed = True
+                return self._faiss_search(queries, k, None, nprobe, None)
             self._gpu_stale = False
         if self.spec.kind == "ivf":
             faiss.GpuParameterSpace().set_index_parameter(self._gpu, "nprobe", nprobe or self.index.nprobe)
