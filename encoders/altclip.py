@@ -35,9 +35,14 @@ class ClipVisionTower(nn.Module):
         patches = self.patch_embed(pixels)
         cls = self.class_embed.to(patches.dtype).expand(patches.shape[0], 1, -1)
         x = self.pre_norm(torch.cat([cls, patches], dim=1) + self.pos_embed)
-        for block in self.blocks:
+        *body, last = self.blocks
+        for block in body:
             x = block(x)
-        return self.post_norm(x[:, 0])
+        # only the CLS token is pooled: the last block attends from it alone (same numbers, 1/L of that block)
+        cls = x[:, :1]
+        cls = cls + last.attn(last.norm1(cls), last.norm1(x))
+        cls = cls + last.mlp(last.norm2(cls))
+        return self.post_norm(cls[:, 0])
 
 
 class XLMRobertaText(nn.Module):
@@ -57,10 +62,14 @@ class XLMRobertaText(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.embed(input_ids)
         mask = None if attention_mask is None else padding_mask(attention_mask)
-        for block in self.blocks:
+        *body, last = self.blocks
+        for block in body:
             x = block(x, mask)
-        # pre_LN and transformation act per token; only the <s> token is pooled, so only it is computed
-        return self.transformation(self.pre_norm(x[:, 0]))
+        # only the <s> token is pooled: the last layer (and pre_LN + transformation) run for it alone
+        first = x[:, :1]
+        first = last.attn_norm(first + last.attn(first, x, mask=mask))
+        first = last.mlp_norm(first + last.mlp(first))
+        return self.transformation(self.pre_norm(first[:, 0]))
 
 
 class AltCLIPModel(nn.Module):
