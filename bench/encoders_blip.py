@@ -164,9 +164,10 @@ def bench_blip(args) -> list[dict]:
     for task, kind, label, batch in TASKS:
         for dtype in ("fp32", "bf16"):
             r = run_child(task=task, dtype=dtype, ckpt=ckpts[kind], batch=batch, repeats=repeats)
-            row = dict(family="blip", task=label, dtype=dtype, ours=round(r.pop("ours"), 2),
-                       reference=round(r.pop("reference"), 2), batch=batch, reference_dtype="fp32")
-            row["ratio"] = round(row["ours"] / row["reference"], 2)
+            ours, reference = r.pop("ours"), r.pop("reference")
+            row = dict(family="blip", task=label, dtype=dtype, ours=float(f"{ours:.3g}"),
+                       reference=float(f"{reference:.3g}"), ratio=round(ours / reference, 2), batch=batch,
+                       reference_dtype="fp32")
             row.update({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()})
             rows.append(row)
             print(row, file=sys.stderr, flush=True)
