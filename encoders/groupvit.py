@@ -54,11 +54,13 @@ class HardAssign(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, groups: torch.Tensor, image: torch.Tensor, want_soft: bool = False):
-        logits = (self.q_proj(groups) @ self.k_proj(image).transpose(1, 2)) * self.scale  # (B, G, N)
-        hard = F.one_hot(logits.argmax(dim=1), logits.shape[1]).transpose(1, 2).to(logits.dtype)
+        # the argmax decides which group a token joins; bf16 would flip near-ties, so these scores stay fp32
+        # (q_proj / k_proj are held in fp32, see KEEP_FP32)
+        logits = (self.q_proj(groups.float()) @ self.k_proj(image.float()).transpose(1, 2)) * self.scale  # (B, G, N)
+        hard = F.one_hot(logits.argmax(dim=1), logits.shape[1]).transpose(1, 2).to(image.dtype)
         weights = hard / (hard.sum(dim=-1, keepdim=True) + self.assign_eps)
         out = self.proj(weights @ self.v_proj(image))
-        return out, (logits.float().softmax(dim=1) if want_soft else None)
+        return out, (logits.softmax(dim=1) if want_soft else None)
 
 
 class GroupingBlock(nn.Module):
@@ -274,6 +276,7 @@ RULES = [
     Rule(r"logit_scale", "logit_scale"),
 ]
 IGNORED = [r".*position_ids", r".*num_batches_tracked"]
+KEEP_FP32 = [r"grouping\.assign\.(q|k)_proj\."]
 
 VISION_DEFAULTS = dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=12, depths=[6, 3, 3],
                        num_group_tokens=[64, 8, 0], num_output_groups=[64, 8, 8], num_attention_heads=6,
@@ -338,7 +341,8 @@ def load_groupvit(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) ->
     config = with_config_defaults(ckpt.config)
     digest = ckpt.digest
     model = build_on_meta(lambda: GroupViTModel(config))
-    load_weights(model, ckpt, RULES, ignore=IGNORED, dtype=dtype, device=device, family="GroupViT")
+    load_weights(model, ckpt, RULES, ignore=IGNORED, dtype=dtype, device=device, family="GroupViT",
+                 keep_fp32=KEEP_FP32)
     fuse_projections(model).eval()
     tokenizer = load_tokenizer(ckpt.dir, default_max_length=config["text_config"]["max_position_embeddings"])
     return GroupViTEncoder(name=ckpt.name, family="groupvit", model=model, dim=config["projection_dim"], digest=digest,
