@@ -11,39 +11,16 @@ bench/results/encoders.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import io
 import json
-import os
-import resource
-import subprocess
+import importlib.util
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-# this file is named like the `encoders` package: keep its folder off the import path
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
-RESULTS = HERE / "results"
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def timed(fn, repeats: int) -> float:
-    """Best-of-`repeats` seconds for one call of fn (after one warm-up call)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+import harness
+from harness import HERE, alternate, peak_rss_mb, print_table, rate_row, run_child, write_results
 
 
 def matmul_peak_gflops(dtype_name: str, n: int = 2048, repeats: int = 5) -> float:
@@ -51,7 +28,7 @@ def matmul_peak_gflops(dtype_name: str, n: int = 2048, repeats: int = 5) -> floa
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    seconds = timed(lambda: torch.mm(a, b), repeats)
+    seconds = alternate({"mm": lambda: torch.mm(a, b)}, repeats)["mm"]
     return 2 * n ** 3 / seconds / 1e9
 
 
@@ -63,7 +40,6 @@ def make_siglip_base(directory: Path) -> Path:
     import torch
     from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor, SiglipTokenizer
 
-    sys.path.insert(0, str(HERE.parent / "tests"))
     from tiny_checkpoints import train_sentencepiece
 
     if (directory / "config.json").is_file():
@@ -155,7 +131,7 @@ def child_siglip(args) -> dict:
     if args.task == "images":
         from torch.utils.flop_counter import FlopCounterMode
 
-        seconds = timed(encode_images, args.repeats)
+        seconds = alternate({"run": encode_images}, args.repeats)["run"]
         result.update(rate=batch / seconds, unit="images/s")
         with FlopCounterMode(display=False) as counter:
             encode_images()
@@ -163,28 +139,18 @@ def child_siglip(args) -> dict:
         result["achieved_gflops"] = result["gflops_per_batch"] / seconds
         np.save(Path(args.features) / f"images_{args.impl}_{args.dtype}.npy", encode_images())
     elif args.task == "texts":
-        seconds = timed(encode_texts, args.repeats)
+        seconds = alternate({"run": encode_texts}, args.repeats)["run"]
         result.update(rate=batch / seconds, unit="texts/s")
         np.save(Path(args.features) / f"texts_{args.impl}_{args.dtype}.npy", encode_texts())
     elif args.task == "preprocess":
-        seconds = timed(lambda: preprocess(files), args.repeats)
+        seconds = alternate({"run": lambda: preprocess(files)}, args.repeats)["run"]
         result.update(rate=len(files) / seconds, unit="JPEGs/s", ms_per_image=1000 * seconds / len(files))
     elif args.task == "e2e":
-        seconds = timed(lambda: end_to_end(files), args.repeats)
+        seconds = alternate({"run": lambda: end_to_end(files)}, args.repeats)["run"]
         result.update(rate=len(files) / seconds, unit="JPEGs/s")
         np.save(Path(args.features) / f"e2e_{args.impl}_{args.dtype}.npy", end_to_end(files))
     result["peak_rss_mb"] = peak_rss_mb()
     return result
-
-
-def run_child(**kw) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child"]
-    for key, value in kw.items():
-        cmd += [f"--{key.replace('_', '-')}", str(value)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"child {kw} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def cosine_min(a: np.ndarray, b: np.ndarray) -> float:
@@ -205,11 +171,11 @@ def bench_siglip(args) -> list[dict]:
     common = dict(ckpt=ckpt, jpegs=jpegs, features=feats, repeats=repeats, batch=args.batch)
     runs = {}
     for task in ("images", "texts", "preprocess", "e2e"):
-        runs[(task, "hf", "fp32")] = run_child(task=task, impl="hf", dtype="fp32", **common)
+        runs[(task, "hf", "fp32")] = run_child(__file__, task=task, impl="hf", dtype="fp32", **common)
         for dtype in ("fp32", "bf16"):
             if task == "preprocess" and dtype == "bf16":
                 continue
-            runs[(task, "ours", dtype)] = run_child(task=task, impl="ours", dtype=dtype, **common)
+            runs[(task, "ours", dtype)] = run_child(__file__, task=task, impl="ours", dtype=dtype, **common)
     load = lambda name: np.load(feats / name)
     rows = []
     for task, unit in (("images", "images/s"), ("texts", "texts/s"), ("preprocess", "12MP JPEGs/s"),
@@ -219,9 +185,8 @@ def bench_siglip(args) -> list[dict]:
             if (task, "ours", dtype) not in runs:
                 continue
             ours = runs[(task, "ours", dtype)]
-            row = dict(family="siglip", task=unit, dtype=dtype, ours=round(ours["rate"], 2),
-                       reference=round(ref["rate"], 2), ratio=round(ours["rate"] / ref["rate"], 2),
-                       ours_peak_rss_mb=round(ours["peak_rss_mb"]), reference_peak_rss_mb=round(ref["peak_rss_mb"]))
+            row = rate_row("siglip", unit, dtype, ours["rate"], ref["rate"], batch=args.batch,
+                           ours_peak_rss_mb=round(ours["peak_rss_mb"]), reference_peak_rss_mb=round(ref["peak_rss_mb"]))
             if task in ("images", "texts", "e2e"):
                 row["cosine_vs_reference_fp32"] = round(cosine_min(load(f"{task}_ours_{dtype}.npy"),
                                                                    load(f"{task}_hf_fp32.npy")), 5)
@@ -233,20 +198,9 @@ def bench_siglip(args) -> list[dict]:
                 row["ms_per_image_ours"] = round(ours["ms_per_image"], 1)
                 row["ms_per_image_reference"] = round(ref["ms_per_image"], 1)
             rows.append(row)
-    rows.append(dict(family="machine", task="matmul peak GFLOP/s", dtype="fp32/bf16",
-                     ours=round(peak["fp32"], 1), reference=round(peak["bf16"], 1), ratio=None))
+    rows.append(dict(family="machine", task="matmul peak GFLOP/s", dtype="fp32", ours=round(peak["fp32"], 1),
+                     reference=None, ratio=None, bf16_gflops=round(peak["bf16"], 1)))
     return rows
-
-
-def print_table(rows: list[dict]) -> None:
-    header = f"{'family':<10} {'task':<22} {'dtype':<6} {'ours':>10} {'transformers':>13} {'ratio':>6}  notes"
-    print(header)
-    print("-" * len(header))
-    skip = {"family", "task", "dtype", "ours", "reference", "ratio"}
-    for r in rows:
-        notes = ", ".join(f"{k}={v}" for k, v in r.items() if k not in skip)
-        ratio = "" if r.get("ratio") is None else f"{r['ratio']:.2f}x"
-        print(f"{r['family']:<10} {r['task']:<22} {r['dtype']:<6} {r['ours']:>10} {r['reference']:>13} {ratio:>6}  {notes}")
 
 
 def main() -> None:
@@ -255,8 +209,8 @@ def main() -> None:
                         help="comma list; each name X other than siglip runs bench_X from bench/encoders_X.py")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and files (smoke run)")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mmsearch-bench"))
-    parser.add_argument("--out", default=str(RESULTS / "encoders.json"))
+    parser.add_argument("--workdir", default=harness.default_workdir())
+    parser.add_argument("--out-name", default="encoders", help="results file name under bench/results/")
     # child-process arguments
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("task", "impl", "dtype", "ckpt", "jpegs", "features"):
@@ -280,9 +234,7 @@ def main() -> None:
         else:
             print(f"(no bench/encoders_{family}.py yet; skipped)", file=sys.stderr)
         print_table(rows)
-    RESULTS.mkdir(exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "rows": rows}, indent=2))
-    print(f"\nwrote {args.out}")
+    write_results(args.out_name, rows)
 
 
 if __name__ == "__main__":

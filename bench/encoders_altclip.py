@@ -15,19 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE.parent / "tests"))
+import harness
+from harness import alternate, print_table, rate_row, run_child, write_results
+
 
 ALTCLIP_VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                       image_size=224, patch_size=14, projection_dim=768)
@@ -71,19 +66,6 @@ def make_groupvit(directory: Path) -> Path:
     return directory
 
 
-def alternate(calls: dict, repeats: int) -> dict[str, float]:
-    """Best-of-`repeats` seconds per named call, after one warm-up each; calls alternate within a round."""
-    for fn in calls.values():
-        fn()
-    best = {name: float("inf") for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
 def child(args) -> dict:
     import torch
     from transformers import AltCLIPModel, AutoProcessor, GroupViTModel
@@ -120,16 +102,6 @@ def child(args) -> dict:
                 cosine_vs_reference_fp32=float((a * b).sum(axis=1).min()))
 
 
-def run_child(**kw) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child"]
-    for key, value in kw.items():
-        cmd += [f"--{key}", str(value)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"child {kw} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 TASKS = [  # (family, task, row label, batch)
     ("altclip", "images", "images/s", 8),
     ("altclip", "texts", "texts/s", 32),
@@ -140,19 +112,16 @@ TASKS = [  # (family, task, row label, batch)
 
 def bench_altclip(args) -> list[dict]:
     """Rows for AltCLIP and GroupViT (the lead's bench/encoders.py calls this)."""
-    work = Path(getattr(args, "workdir", None) or os.path.join(tempfile.gettempdir(), "mmsearch-bench"))
+    work = Path(getattr(args, "workdir", None) or harness.default_workdir())
     work.mkdir(parents=True, exist_ok=True)
     repeats = 1 if getattr(args, "quick", False) else 2
     ckpts = {"altclip": make_altclip(work / "altclip-large"), "groupvit": make_groupvit(work / "groupvit-gcc-yfcc")}
     rows = []
     for family, task, label, batch in TASKS:
         for dtype in ("fp32", "bf16"):
-            r = run_child(family=family, task=task, dtype=dtype, ckpt=ckpts[family], batch=batch, repeats=repeats)
+            r = run_child(__file__, family=family, task=task, dtype=dtype, ckpt=ckpts[family], batch=batch, repeats=repeats)
             ours, reference = r.pop("ours"), r.pop("reference")
-            row = dict(family=family, task=label, dtype=dtype, ours=float(f"{ours:.3g}"),
-                       reference=float(f"{reference:.3g}"), ratio=round(ours / reference, 2), batch=batch,
-                       reference_dtype="fp32")
-            row.update({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()})
+            row = rate_row(family, label, dtype, ours, reference, batch=batch, reference_dtype="fp32", **r)
             rows.append(row)
             print(row, file=sys.stderr, flush=True)
     return rows
@@ -161,7 +130,7 @@ def bench_altclip(args) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one timed repeat instead of two")
-    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mmsearch-bench"))
+    parser.add_argument("--workdir", default=harness.default_workdir())
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("family", "task", "dtype", "ckpt"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
@@ -172,14 +141,8 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
     rows = bench_altclip(args)
-    print(f"{'family':<9} {'task':<9} {'dtype':<6} {'ours':>9} {'transformers fp32':>18} {'ratio':>6}  notes")
-    for r in rows:
-        notes = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("family", "task", "dtype", "ours", "reference", "ratio"))
-        print(f"{r['family']:<9} {r['task']:<9} {r['dtype']:<6} {r['ours']:>9} {r['reference']:>18} {r['ratio']:>5.2f}x  {notes}")
-    out = HERE / "results" / "encoders_altclip.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "rows": rows}, indent=2))
-    print(f"\nwrote {out}")
+    print_table(rows)
+    write_results("encoders_altclip", rows)
 
 
 if __name__ == "__main__":

@@ -13,19 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE.parent / "tests"))
+import harness
+from harness import alternate, print_table, rate_row, run_child, write_results
+
 
 BASE_TEXT = dict(vocab_size=30524, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                  num_attention_heads=12, max_position_embeddings=512, bos_token_id=30522, pad_token_id=0,
@@ -57,19 +52,6 @@ def make_checkpoint(directory: Path, kind: str) -> Path:
     cls(config).eval().save_pretrained(directory)
     BlipProcessor(image_processor=BlipImageProcessorPil(), tokenizer=tokenizer).save_pretrained(directory)
     return directory
-
-
-def alternate(calls: dict, repeats: int) -> dict[str, float]:
-    """Best-of-`repeats` seconds per named call, after one warm-up each; calls alternate within a round."""
-    for fn in calls.values():
-        fn()
-    best = {name: float("inf") for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def child(args) -> dict:
@@ -138,16 +120,6 @@ def child(args) -> dict:
     return result
 
 
-def run_child(**kw) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child"]
-    for key, value in kw.items():
-        cmd += [f"--{key}", str(value)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"child {kw} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 TASKS = [  # (task, checkpoint kind, row label, batch)
     ("images", "retrieval", "images/s", 4),
     ("texts", "retrieval", "texts/s", 32),
@@ -157,18 +129,15 @@ TASKS = [  # (task, checkpoint kind, row label, batch)
 
 
 def bench_blip(args) -> list[dict]:
-    work = Path(getattr(args, "workdir", None) or os.path.join(tempfile.gettempdir(), "mmsearch-bench"))
+    work = Path(getattr(args, "workdir", None) or harness.default_workdir())
     repeats = 1 if getattr(args, "quick", False) else 2
     ckpts = {kind: make_checkpoint(work / f"blip-{kind}-base", kind) for kind in ("retrieval", "captioning")}
     rows = []
     for task, kind, label, batch in TASKS:
         for dtype in ("fp32", "bf16"):
-            r = run_child(task=task, dtype=dtype, ckpt=ckpts[kind], batch=batch, repeats=repeats)
+            r = run_child(__file__, task=task, dtype=dtype, ckpt=ckpts[kind], batch=batch, repeats=repeats)
             ours, reference = r.pop("ours"), r.pop("reference")
-            row = dict(family="blip", task=label, dtype=dtype, ours=float(f"{ours:.3g}"),
-                       reference=float(f"{reference:.3g}"), ratio=round(ours / reference, 2), batch=batch,
-                       reference_dtype="fp32")
-            row.update({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()})
+            row = rate_row("blip", label, dtype, ours, reference, batch=batch, reference_dtype="fp32", **r)
             rows.append(row)
             print(row, file=sys.stderr, flush=True)
     return rows
@@ -177,7 +146,7 @@ def bench_blip(args) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mmsearch-bench"))
+    parser.add_argument("--workdir", default=harness.default_workdir())
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("task", "dtype", "ckpt"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
@@ -189,14 +158,8 @@ def main() -> None:
         return
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     rows = bench_blip(args)
-    print(f"{'task':<20} {'dtype':<6} {'ours':>9} {'transformers fp32':>18} {'ratio':>6}  notes")
-    for r in rows:
-        notes = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("family", "task", "dtype", "ours", "reference", "ratio"))
-        print(f"{r['task']:<20} {r['dtype']:<6} {r['ours']:>9} {r['reference']:>18} {r['ratio']:>5.2f}x  {notes}")
-    out = HERE / "results" / "encoders_blip.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "rows": rows}, indent=2))
-    print(f"\nwrote {out}")
+    print_table(rows)
+    write_results("encoders_blip", rows)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,10 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE.parent / "tests"))
+import harness
+from harness import alternate, peak_rss_mb, print_table, rate_row, run_child, write_results
 
 OPT_125M = dict(model_type="opt", vocab_size=50272, hidden_size=768, ffn_dim=3072, num_hidden_layers=12,
                 num_attention_heads=12, max_position_embeddings=2048, word_embed_proj_dim=768, pad_token_id=1,
@@ -107,10 +103,6 @@ def make_checkpoint(directory: Path, kind: str) -> Path:
 # children
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def child_load(args) -> dict:
     import encoders
 
@@ -123,20 +115,6 @@ def _images(count: int):
     from images import random_image
 
     return [random_image(640, 480, "RGB", seed=i) for i in range(count)]
-
-
-def _alternate(ours, reference, repeats: int) -> tuple[float, float]:
-    """Best-of-`repeats` seconds of each, calls interleaved after one warm-up call each."""
-    ours(), reference()
-    best_ours = best_ref = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        ours()
-        best_ours = min(best_ours, time.perf_counter() - t)
-        t = time.perf_counter()
-        reference()
-        best_ref = min(best_ref, time.perf_counter() - t)
-    return best_ours, best_ref
 
 
 def child_itm(args) -> dict:
@@ -157,7 +135,8 @@ def child_itm(args) -> dict:
             logits = ref(**inputs, use_image_text_matching_head=True).logits_per_image
         return logits.softmax(dim=-1)[:, 1].numpy()
 
-    ours_s, ref_s = _alternate(lambda: rr.score(images, texts), reference, args.repeats)
+    best = alternate({"ours": lambda: rr.score(images, texts), "reference": reference}, args.repeats)
+    ours_s, ref_s = best["ours"], best["reference"]
     diff = float(np.abs(rr.score(images, texts) - reference()).max())
     return {"ours": args.batch / ours_s, "reference": args.batch / ref_s, "max_prob_diff": diff}
 
@@ -183,7 +162,8 @@ def child_caption(args) -> dict:
         with torch.inference_mode():
             return ref.generate(**inputs, max_new_tokens=new, num_beams=1, min_new_tokens=new)
 
-    ours_s, ref_s = _alternate(lambda: cap.generate_ids(images, max_new_tokens=new), reference, args.repeats)
+    best = alternate({"ours": lambda: cap.generate_ids(images, max_new_tokens=new), "reference": reference}, args.repeats)
+    ours_s, ref_s = best["ours"], best["reference"]
     same = None
     if args.dtype == "float32":
         ours_ids = cap.generate_ids(images, max_new_tokens=new)
@@ -195,22 +175,12 @@ def child_caption(args) -> dict:
 CHILDREN = {"load": child_load, "itm": child_itm, "caption": child_caption}
 
 
-def run_child(**kw) -> dict:
-    cmd = [sys.executable, __file__, "--child", kw.pop("task")]
-    for key, value in kw.items():
-        cmd += [f"--{key.replace('_', '-')}", str(value)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"child {' '.join(cmd[2:])} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 # --------------------------------------------------------------------------------------------------
 
 
 def bench_blip2(args) -> list[dict]:
     quick = getattr(args, "quick", False)
-    base = Path(getattr(args, "workdir", None) or tempfile.gettempdir())
+    base = Path(getattr(args, "workdir", None) or harness.default_workdir())
     base.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="blip2_bench_", dir=base))
     threads = int(getattr(args, "threads", 0) or os.cpu_count())
@@ -220,27 +190,24 @@ def bench_blip2(args) -> list[dict]:
         itm = make_checkpoint(work / "itm", "itm")
         size_mb = (itm / "model.safetensors").stat().st_size / 2 ** 20
         for dtype in ("float32", "bfloat16"):
-            load = run_child(task="load", ckpt=itm, dtype=dtype)
+            load = run_child(__file__, task="load", ckpt=itm, dtype=dtype)
             rows.append({"family": "blip2", "task": "load peak RSS MB", "dtype": dtype[:4].replace("floa", "fp32")
                          if dtype == "float32" else "bf16", "ours": round(load["peak_rss_mb"]),
                          "reference": None, "ratio": round(load["peak_rss_mb"] / size_mb, 3),
                          "file_mb": round(size_mb), "load_seconds": round(load["seconds"], 1),
                          "note": "ratio = peak RSS / checkpoint file size"})
         for dtype in ("float32", "bfloat16"):
-            r = run_child(task="itm", ckpt=itm, dtype=dtype, batch=2 if quick else 4, repeats=repeats, threads=threads)
-            rows.append({"family": "blip2", "task": "ITM pairs/s", "dtype": "fp32" if dtype == "float32" else "bf16",
-                         "ours": round(r["ours"], 3), "reference": round(r["reference"], 3),
-                         "ratio": round(r["ours"] / r["reference"], 2), "max_prob_diff": r["max_prob_diff"],
-                         "note": "reference fp32; ViT-g + Q-Former"})
+            r = run_child(__file__, task="itm", ckpt=itm, dtype=dtype, batch=2 if quick else 4, repeats=repeats, threads=threads)
+            rows.append(rate_row("blip2", "ITM pairs/s", "fp32" if dtype == "float32" else "bf16", r["ours"],
+                                 r["reference"], max_prob_diff=r["max_prob_diff"], note="reference fp32; ViT-g + Q-Former"))
         shutil.rmtree(itm)
         cap = make_checkpoint(work / "opt", "opt")
         for dtype in ("float32", "bfloat16"):
-            r = run_child(task="caption", ckpt=cap, dtype=dtype, batch=2, repeats=repeats, threads=threads,
+            r = run_child(__file__, task="caption", ckpt=cap, dtype=dtype, batch=2, repeats=repeats, threads=threads,
                           max_new_tokens=10 if quick else 20)
-            rows.append({"family": "blip2", "task": "captions images/s", "dtype": "fp32" if dtype == "float32" else "bf16",
-                         "ours": round(r["ours"], 3), "reference": round(r["reference"], 3),
-                         "ratio": round(r["ours"] / r["reference"], 2), "tokens_identical": r["tokens_identical"],
-                         "note": "reference fp32; ViT-g + Q-Former + OPT-125m sized LM, greedy"})
+            rows.append(rate_row("blip2", "captions images/s", "fp32" if dtype == "float32" else "bf16", r["ours"],
+                                 r["reference"], tokens_identical=r["tokens_identical"],
+                                 note="reference fp32; ViT-g + Q-Former + OPT-125m sized LM, greedy"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return rows
@@ -251,7 +218,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--child", choices=sorted(CHILDREN))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--task", choices=sorted(CHILDREN))
     parser.add_argument("--ckpt")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch", type=int, default=2)
@@ -259,18 +227,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=20)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(CHILDREN[args.child](args)))
+        print(json.dumps(CHILDREN[args.task](args)))
         return
     rows = bench_blip2(args)
-    header = ["task", "dtype", "ours", "reference", "ratio"]
-    print(" | ".join(header))
-    for row in rows:
-        print(" | ".join(str(row.get(k)) for k in header), " ", {k: v for k, v in row.items() if k not in header})
-    out = HERE / "results" / "encoders_blip2.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "rows": rows}, indent=2))
-    print(f"wrote {out}")
-
+    print_table(rows)
+    write_results("encoders_blip2", rows)
 
 if __name__ == "__main__":
     main()
