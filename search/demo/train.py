@@ -88,11 +88,25 @@ def write_configs(out: Path, vocab_size: int) -> dict:
     return config
 
 
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """(grid*grid, dim) fixed 2-D sine-cosine position codes (as in MAE), a starting point that already
+    tells patches apart by place; a random init left the tiny ViT blind to layout for hundreds of steps."""
+    quarter = dim // 4
+    freqs = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                            indexing="ij")
+    parts = [f(c.reshape(-1, 1) * freqs) for c in (xs, ys) for f in (torch.sin, torch.cos)]
+    return torch.cat(parts, dim=1)
+
+
 def init_weights(model: SiglipModel, seed: int, logit_scale: float) -> None:
     torch.manual_seed(seed)
     for name, param in model.named_parameters():
         if name.endswith(("pos_embed", "probe", "token_embed.weight")):
             torch.nn.init.normal_(param, std=0.02)
+    with torch.no_grad():
+        grid = int(model.vision.pos_embed.shape[0] ** 0.5)
+        model.vision.pos_embed.copy_(sincos_2d(grid, model.vision.pos_embed.shape[1]))
     with torch.no_grad():
         model.logit_scale.fill_(math.log(logit_scale))  # SigLIP starts at t=10, b=-10
         model.logit_bias.fill_(-10.0)
@@ -129,8 +143,8 @@ class Pool:
     seeded permutation and gives every image a fresh random caption, so the text side never repeats."""
 
     def __init__(self, preprocessor: ImagePreprocessor, tokenizer, size: int, batch: int, seed: int,
-                 cache: Path | None = None):
-        self.tokenizer, self.batch, self.seed = tokenizer, batch, seed
+                 cache: Path | None = None, same_colour: bool = False):
+        self.tokenizer, self.batch, self.seed, self.same_colour = tokenizer, batch, seed, same_colour
         self.labels = [shapes.label_for(shapes.TRAIN_SPACE, i) for i in range(size)]
         if cache is not None and cache.is_file():
             self.pixels = torch.load(cache)
@@ -145,19 +159,42 @@ class Pool:
             if cache is not None:
                 torch.save(self.pixels, cache)
         self.per_epoch = size // batch
+        self.by_colour = {c: torch.tensor([i for i, lab in enumerate(self.labels) if lab.colour == c])
+                          for c in shapes.COLOURS}
         self._order: tuple[int, torch.Tensor] | None = None
 
     def __call__(self, step: int):
-        epoch, k = divmod(step, self.per_epoch)
-        if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(
-                self.seed * 1000 + epoch)))
-        idx = self._order[1][k * self.batch:(k + 1) * self.batch]
-        labels = [self.labels[i] for i in idx.tolist()]
         rng = np.random.default_rng([shapes.TRAIN_SPACE, self.seed, step])
+        if self.same_colour and step % 2:
+            # every other batch holds one colour: colour cannot tell its images apart, so the gradient
+            # goes to shape, count, size and background (colour alone is learnt in a few dozen steps)
+            colour = list(shapes.COLOURS)[rng.integers(len(shapes.COLOURS))]
+            members = self.by_colour[colour]
+            idx = members[torch.from_numpy(rng.choice(len(members), self.batch, replace=False))]
+        else:
+            epoch, k = divmod(step // 2 if self.same_colour else step, self.per_epoch)
+            if self._order is None or self._order[0] != epoch:
+                self._order = (epoch, torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(
+                    self.seed * 1000 + epoch)))
+            idx = self._order[1][k * self.batch:(k + 1) * self.batch]
+        labels = [self.labels[i] for i in idx.tolist()]
         captions = [shapes.caption_for(label, rng) for label in labels]
         targets = torch.tensor([[c.matches(label) for label in labels] for c in captions], dtype=torch.float32)
-        return self.pixels[idx], self.tokenizer([c.text for c in captions]).input_ids, targets
+        return flips_and_turns(self.pixels[idx], rng), self.tokenizer([c.text for c in captions]).input_ids, targets
+
+
+def flips_and_turns(pixels: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Each image turned by a random multiple of 90 degrees and maybe mirrored: every label (shape, colour,
+    count, size, background) survives, and the pool looks 8 times larger (without it the model memorises
+    the pool's shapes instead of learning them)."""
+    out = pixels.clone()
+    choice = rng.integers(8, size=len(pixels))
+    for g in range(1, 8):
+        sel = torch.from_numpy(np.flatnonzero(choice == g))
+        if len(sel):
+            x = torch.rot90(pixels[sel], g % 4, dims=(2, 3))
+            out[sel] = x.flip(3) if g >= 4 else x
+    return out
 
 
 def sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, model: SiglipModel, targets: torch.Tensor) -> torch.Tensor:
@@ -192,7 +229,8 @@ def evaluate(model: SiglipModel, preprocessor, tokenizer, n: int = 600, space: i
 
 
 def train(out: Path, *, steps: int, batch: int, pool: int, lr: float, seed: int, threads: int, eval_every: int,
-          pool_cache: Path | None = None, logit_scale: float = 10.0) -> dict:
+          pool_cache: Path | None = None, logit_scale: float = 20.0, eval_images: int = 600,
+          same_colour: bool = False) -> dict:
     from safetensors.torch import save_file
 
     torch.set_num_threads(threads)
@@ -217,7 +255,7 @@ def train(out: Path, *, steps: int, batch: int, pool: int, lr: float, seed: int,
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
-    data = Pool(preprocessor, tokenizer, pool, batch, seed, pool_cache)
+    data = Pool(preprocessor, tokenizer, pool, batch, seed, pool_cache, same_colour)
     render_seconds = time.perf_counter() - wall0
     model.train()
     start = time.perf_counter()
@@ -251,7 +289,7 @@ def train(out: Path, *, steps: int, batch: int, pool: int, lr: float, seed: int,
               "render_seconds": round(render_seconds, 1), "step_seconds": round(train_seconds, 1),
               "wall_seconds_without_evals": round(wall, 1), "cpu_seconds_with_evals": round(cpu, 1),
               "load_average_1min": round(os.getloadavg()[0], 1),
-              "valid_recall@10": evaluate(model, preprocessor, tokenizer)}
+              "valid_recall@10": evaluate(model, preprocessor, tokenizer, eval_images) if eval_images else None}
     check_roundtrip(model, out, preprocessor, tokenizer)
     print(json.dumps(result, indent=2))
     return result
@@ -276,18 +314,20 @@ def check_roundtrip(model: SiglipModel, out: Path, preprocessor, tokenizer) -> N
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m search.demo.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--pool", type=int, default=12288, help="training images (rendered once)")
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the weights may depend on it bit-wise)")
-    parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--logit-scale", type=float, default=10.0, help="initial temperature t")
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--logit-scale", type=float, default=20.0, help="initial temperature t")
+    parser.add_argument("--same-colour", action="store_true", help="every other batch from one colour")
     parser.add_argument("--pool-cache", type=Path, help="save / reuse the rendered training pool (a .pt file)")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, batch=args.batch, pool=args.pool, lr=args.lr, seed=args.seed, threads=args.threads,
-          eval_every=args.eval_every, pool_cache=args.pool_cache, logit_scale=args.logit_scale)
+          eval_every=args.eval_every, pool_cache=args.pool_cache, logit_scale=args.logit_scale,
+          same_colour=args.same_colour)
     return 0
 
 
