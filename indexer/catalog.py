@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String,
-                        Text, create_engine, event, func, select, text, update)
+                        Text, create_engine, event, false, func, select, text, true, update)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
@@ -301,8 +301,9 @@ class Catalog:
     # ---- items --------------------------------------------------------------------------------------------
 
     def live(self, collection_id: int):
-        """The WHERE clause selecting the live items of a collection (combine with filters)."""
-        return (Item.collection_id == collection_id) & (Item.deleted.is_(False))
+        """The WHERE clause selecting the live items of a collection (combine with filters). Written
+        `deleted = false` (not IS), the form SQLite needs to use the partial index on live content."""
+        return (Item.collection_id == collection_id) & (Item.deleted == false())
 
     def count(self, collection_id: int) -> int:
         with self.session() as s:
@@ -354,7 +355,7 @@ class Catalog:
 
     def all_live(self, collection_id: int, *, chunk: int = 20000
                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-        yield from self._scan(collection_id, Item.deleted.is_(False), chunk)
+        yield from self._scan(collection_id, Item.deleted == false(), chunk)
 
     def _scan(self, collection_id: int, cond, chunk: int):
         with self.session() as s:
@@ -393,7 +394,7 @@ class Catalog:
         """Drop tombstones with rev <= through_rev (every index on disk has applied them)."""
         with self.session() as s:
             res = s.execute(Item.__table__.delete().where(Item.collection_id == collection_id,
-                                                          Item.deleted.is_(True), Item.rev <= through_rev))
+                                                          Item.deleted == true(), Item.rev <= through_rev))
             s.execute(update(Collection).where(Collection.id == collection_id,
                                                Collection.purged_rev < through_rev)
                       .values(purged_rev=through_rev))

@@ -281,6 +281,9 @@ class _Runner:
             finally:
                 events.close()  # stops the workers now, also on Ctrl-C
             self._flush(final=True)
+            r = self.result
+            if r.added + r.updated + r.skipped == 0 and r.failed:
+                state, message = "failed", f"nothing could be indexed: {r.failed} inputs failed"
         except KeyboardInterrupt:
             state, message = "interrupted", "interrupted (Ctrl-C); rerun the same command to resume"
             raise
@@ -292,9 +295,8 @@ class _Runner:
                 self.bar.close()
             self.result.elapsed_s = time.perf_counter() - t0
             self._finish(state, message)
-        if self.result.added + self.result.updated + self.result.skipped == 0 and self.result.failed:
-            raise NothingIndexed(f"nothing could be indexed: {self.result.failed} inputs failed "
-                                 f"(see `mmsearch jobs --job {self.job_id}`)")
+        if state == "failed":
+            raise NothingIndexed(f"{message} (see `mmsearch jobs --job {self.job_id}`)")
         return self.result
 
     def _finish(self, state: str, message: str | None) -> None:
@@ -302,6 +304,10 @@ class _Runner:
             self.handle.save_index()
             if state == "done":
                 self.handle.maybe_retrain()
+        except Exception as exc:
+            if state == "done":
+                raise
+            log.warning("could not save the index after the job stopped: %s", exc)  # rebuilt on next open
         finally:
             with self.catalog.session() as s:
                 s.execute(update(Job).where(Job.id == self.job_id)

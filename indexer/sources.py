@@ -106,17 +106,18 @@ def count_paths(paths: Iterable[str]) -> int:
 
 def iter_folder(root: str) -> Iterator[SourceItem]:
     root = os.path.abspath(root)
-    for dirpath, dirnames, filenames in os.walk(root, onerror=None, followlinks=False):
+    unreadable: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable.append, followlinks=False):
+        while unreadable:  # a sub-folder os.walk could not list
+            exc = unreadable.pop()
+            yield SourceItem(uri=exc.filename or dirpath, error=f"cannot list folder ({exc.strerror or exc})")
         dirnames.sort()
         for name in sorted(filenames):
             item = _file_item(os.path.join(dirpath, name), explicit=False)
             if item is not None:
                 yield item
-        # symlinks to folders are listed in dirnames and not walked: report dangling ones
-        for name in dirnames:
-            full = os.path.join(dirpath, name)
-            if os.path.islink(full) and not os.path.exists(full):
-                yield SourceItem(uri=full, error="dangling symbolic link")
+    for exc in unreadable:
+        yield SourceItem(uri=exc.filename or root, error=f"cannot list folder ({exc.strerror or exc})")
 
 
 def _file_item(path: str, *, explicit: bool) -> SourceItem | None:

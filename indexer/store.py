@@ -14,8 +14,10 @@
         # ids: an iterable of allowed item ids. Restricted searches return a full top-k when at least k match.
     items = coll.get([ids])                        # {id: catalog.Item} for the live ones among ids
     n = coll.delete(ids=[..] | uris=[..] | where=expr)   # soft-delete, returns how many; index updated
+    coll.upsert([UpsertRow(uri, sha256, width, height, vector, meta, caption)])
+        # -> [(id, None) | (holder id, reason)]: replaces by uri, refuses content already held by another item
     coll.count(); coll.rebuild(spec="ivf"); coll.refresh()
-    store.close()
+    store.close()                                  # saves index files that moved past their on-disk copy
 
 Every method takes care of keeping the index and the catalog in step: before a search the index is caught up
 to the catalog revision (one cheap query when nothing changed), so a server sees what a running indexing

@@ -179,7 +179,7 @@ class VectorIndex:
         if vectors.shape != (len(ids), self.dim):
             raise InvalidInput(f"vectors have shape {vectors.shape}, index expects ({len(ids)}, {self.dim})")
         with self._lock:
-            present = ids[np.isin(ids, self.ids())]
+            present = self._present(ids)
             if self.spec.kind == "hnsw":
                 revived = [int(i) for i in ids if int(i) in self._dead]
                 if len(present) or revived:  # HNSW cannot overwrite a node: rebuild the graph without them
@@ -193,7 +193,7 @@ class VectorIndex:
         """Remove item ids (absent ones are ignored); returns how many were present."""
         ids = np.unique(np.asarray(ids, dtype=np.int64))
         with self._lock:
-            ids = ids[np.isin(ids, self.ids())]
+            ids = self._present(ids)
             if len(ids) == 0:
                 return 0
             if self.spec.kind == "hnsw":
@@ -249,7 +249,7 @@ class VectorIndex:
             raise InvalidInput(f"ef must be 1..65536, got {ef}")
         with self._lock:
             if allowed is not None:
-                allowed = np.intersect1d(np.asarray(allowed, dtype=np.int64), self.ids())
+                allowed = self._present(np.asarray(allowed, dtype=np.int64))
                 if len(allowed) <= max(EXACT_FILTER_MAX, k):
                     return self._exact_subset(queries, k, allowed)
                 scores, ids = self._faiss_search(queries, k, faiss.IDSelectorBatch(allowed), nprobe, ef)
@@ -262,6 +262,15 @@ class VectorIndex:
             elif self._gpu_available():
                 return self._gpu_search(queries, k, nprobe)
             return self._faiss_search(queries, k, sel, nprobe, ef)
+
+    def _present(self, ids: np.ndarray) -> np.ndarray:
+        """The distinct ids among `ids` that are in the index, sorted (binary search: no pass over the index)."""
+        ids = np.unique(ids)
+        have = self.ids()
+        if len(have) == 0 or len(ids) == 0:
+            return ids[:0]
+        pos = np.minimum(np.searchsorted(have, ids), len(have) - 1)
+        return ids[have[pos] == ids]
 
     def _faiss_search(self, queries, k, sel, nprobe, ef):
         with _threads_for(len(queries)):

@@ -159,7 +159,8 @@ def test_nothing_indexed_is_an_error(store, enc, tmp_path):
     (tmp_path / "b.png").write_bytes(b"")
     with pytest.raises(NothingIndexed, match="nothing could be indexed: 2 inputs failed"):
         index_paths(store, "x", enc, [str(tmp_path)], JobOptions(workers=0))
-    assert store.catalog.list_jobs()[0].failed == 2
+    job = store.catalog.list_jobs()[0]
+    assert (job.failed, job.state) == (2, "failed") and job.message.startswith("nothing could be indexed")
 
 
 def test_captions_at_index_time(store, enc, tmp_path, tmp_path_factory):
