@@ -2,14 +2,16 @@
 
     python -m search.demo.train [--out search/demo/model] [--steps N] [--threads 2]
 
-Our own SigLIP modules (`encoders.siglip.build_model`), the sigmoid loss, images rendered on the fly
-from TRAIN_SPACE (the demo collection comes from DEMO_SPACE, so it is never seen in training) and sent
-through the exact preprocessing the indexer uses (the checkpoint's ImagePreprocessor; JPEG-stored images
+Our own SigLIP modules (`encoders.siglip.build_model`), the sigmoid loss, a pool of images rendered once
+from TRAIN_SPACE (the demo collection comes from DEMO_SPACE, so it is never seen in training; each batch
+turns and mirrors them at random) and sent through the exact preprocessing the indexer uses (the checkpoint's ImagePreprocessor; JPEG-stored images
 round-trip through JPEG and `load_image`). Captions come from shapes.caption_for; since the labels are
 known, the sigmoid loss's targets are the true matches (a caption is positive for every image in the
 batch it describes), not just the diagonal.
 
-Seeded: the same torch version and thread count give the same weights. The result is checked by loading
+Seeded: the same torch version and thread count give the same weights. The defaults (3000 steps of 64)
+take about 8.5 CPU-minutes on one thread and reach colour+shape recall@10 ~0.4 on unseen images; shape
+is learnt slowly by so small a ViT, and more steps are what it needs. The result is checked by loading
 it back through `encoders.load` (the normal checkpoint loader) and comparing features.
 """
 
