@@ -180,43 +180,17 @@ class BlipRetrieval(nn.Module):
         return self.vision_proj(self.vision(pixel_values)[:, 0])
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        if attention_mask is None:
-            return self.text_proj(self.text(input_ids)[:, 0])
-        return by_length(lambda rows, ids, mask: self.text_proj(self.text(ids, mask)[:, 0]), input_ids, attention_mask)
+        return self.text_proj(self.text(input_ids, attention_mask)[:, 0])
 
     def match_probability(self, image_tokens: torch.Tensor, image_index: torch.Tensor, input_ids: torch.Tensor,
                           attention_mask: torch.Tensor) -> torch.Tensor:
         """P(match) for text row i against image image_index[i]. The cross-attention keys/values depend only
         on the image, so they are projected once per distinct image and shared by every text paired with it."""
-        projected = LayerCaches(len(self.text.blocks), cross=True)
-        self.text.fill_cross_caches(image_tokens, projected)
-
-        def probability(rows: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            caches = LayerCaches(len(self.text.blocks), cross=True)
-            for mine, shared in zip(caches.cross_attn, projected.cross_attn):
-                mine.extend(shared.k, shared.v)
-            caches.reorder(image_index[rows])
-            hidden = self.text(ids, mask, memory=image_tokens, caches=caches)
-            return self.itm_head(hidden[:, 0]).float().softmax(dim=-1)[:, 1]
-
-        return by_length(probability, input_ids, attention_mask)
-
-
-def by_length(fn, input_ids: torch.Tensor, attention_mask: torch.Tensor, group: int = 8) -> torch.Tensor:
-    """fn(rows, input_ids[rows], attention_mask[rows]) over groups of rows of similar length, each trimmed to
-    its own longest row: a batch padded to its longest text spends no compute on the padding of shorter
-    ones. Rows are independent, so results equal the padded batch's."""
-    lengths = attention_mask.sum(dim=1)
-    if int(lengths.min()) == attention_mask.shape[1] or input_ids.shape[0] <= group:
-        return fn(torch.arange(input_ids.shape[0], device=input_ids.device), input_ids, attention_mask)
-    order = torch.argsort(lengths, stable=True)
-    parts, rows_done = [], []
-    for rows in order.split(group):
-        width = int(lengths[rows].max())
-        parts.append(fn(rows, input_ids[rows, :width], attention_mask[rows, :width]))
-        rows_done.append(rows)
-    out = torch.cat(parts)
-    return out[torch.argsort(torch.cat(rows_done))]
+        caches = LayerCaches(len(self.text.blocks), cross=True)
+        self.text.fill_cross_caches(image_tokens, caches)
+        caches.reorder(image_index)  # row i attends to the keys/values of its own image
+        hidden = self.text(input_ids, attention_mask, memory=image_tokens, caches=caches)
+        return self.itm_head(hidden[:, 0]).float().softmax(dim=-1)[:, 1]
 
 
 class BlipCaptionModel(nn.Module):

@@ -48,7 +48,7 @@ def reference_tokens(processor, texts):
 
 
 LAYOUTS = ["current", "legacy"]
-# more than one length group (encoders.blip.by_length trims each group of 8 to its own longest text)
+# texts of many lengths in one padded batch
 MANY_TEXTS = TEXTS + [f"a photo of {' '.join(['a cat'] * i)}" for i in range(1, 12)]
 
 
