@@ -61,7 +61,12 @@ def make_groupvit(directory: Path) -> Path:
     tokenizer = CLIPTokenizer.from_pretrained(str(slow), model_max_length=77)
     torch.manual_seed(0)
     config = GroupViTConfig(text_config=dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
-    GroupViTModel(config).eval().save_pretrained(directory)
+    model = GroupViTModel(config).eval()
+    with torch.no_grad():  # transformers zero-initialises group tokens; trained ones are distinct, so
+        for stage in model.vision_model.encoder.stages:  # groups are not near-ties (which bf16 would flip)
+            if stage.group_token is not None:
+                stage.group_token.normal_(0, 1)
+    model.save_pretrained(directory)
     CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer).save_pretrained(directory)
     return directory
 
