@@ -133,7 +133,8 @@ def bench_blip(args) -> list[dict]:
     repeats = 1 if getattr(args, "quick", False) else 2
     ckpts = {kind: make_checkpoint(work / f"blip-{kind}-base", kind) for kind in ("retrieval", "captioning")}
     rows = []
-    for task, kind, label, batch in TASKS:
+    wanted = set((getattr(args, "tasks", None) or ",".join(t[0] for t in TASKS)).split(","))
+    for task, kind, label, batch in (t for t in TASKS if t[0] in wanted):
         for dtype in ("fp32", "bf16"):
             r = run_child(__file__, task=task, dtype=dtype, ckpt=ckpts[kind], batch=batch, repeats=repeats)
             ours, reference = r.pop("ours"), r.pop("reference")
@@ -147,6 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workdir", default=harness.default_workdir())
+    parser.add_argument("--tasks", help="comma list of images,texts,itm,caption (default: all)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("task", "dtype", "ckpt"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
@@ -159,7 +161,7 @@ def main() -> None:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     rows = bench_blip(args)
     print_table(rows)
-    write_results("encoders_blip", rows)
+    write_results("encoders_blip" if not args.tasks else f"encoders_blip_{args.tasks.replace(',', '_')}", rows)
 
 
 if __name__ == "__main__":
