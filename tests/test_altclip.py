@@ -8,6 +8,7 @@ import torch
 
 import encoders
 from images import TEXTS, mixed_batch
+from reference import dual_encoder_reference
 
 MORE_TEXTS = TEXTS + ["中文和English混合的查询 query", "  spaces\tand\nnewlines  ", "<mask> token <s> inside"]
 
@@ -22,15 +23,7 @@ def altclip_dirs(tmp_path_factory):
 def reference(ckpt_dir, images, texts):
     from transformers import AltCLIPModel, AltCLIPProcessor
 
-    model = AltCLIPModel.from_pretrained(ckpt_dir).eval()
-    processor = AltCLIPProcessor.from_pretrained(ckpt_dir)
-    with torch.no_grad():
-        pix = processor(images=images, return_tensors="pt")
-        img = model.get_image_features(**pix).pooler_output
-        tok = processor(text=texts, padding=True, truncation=True, return_tensors="pt")
-        txt = model.get_text_features(**tok).pooler_output
-    norm = lambda t: (t / t.norm(dim=-1, keepdim=True)).numpy()
-    return norm(img), norm(txt), tok["input_ids"].numpy(), pix["pixel_values"]
+    return dual_encoder_reference(AltCLIPModel, AltCLIPProcessor, ckpt_dir, images, texts)
 
 
 @pytest.mark.parametrize("layout", ["current", "legacy"])

@@ -10,6 +10,7 @@ import torch
 import encoders
 from encoders.groupvit import segment
 from images import TEXTS, mixed_batch, random_image
+from reference import dual_encoder_reference
 
 MORE_TEXTS = TEXTS + ["don't STOP: it's 12345", "  spaces\tand\nnewlines  ", "中英mixed 文本 text"]
 LABELS = ["a red circle", "two blue squares", "a green triangle", "一只猫"]
@@ -25,15 +26,7 @@ def groupvit_dirs(tmp_path_factory):
 def reference(ckpt_dir, images, texts):
     from transformers import CLIPProcessor, GroupViTModel
 
-    model = GroupViTModel.from_pretrained(ckpt_dir).eval()
-    processor = CLIPProcessor.from_pretrained(ckpt_dir)
-    with torch.no_grad():
-        pix = processor(images=images, return_tensors="pt")
-        img = model.get_image_features(**pix).pooler_output
-        tok = processor(text=texts, padding=True, truncation=True, return_tensors="pt")
-        txt = model.get_text_features(**tok).pooler_output
-    norm = lambda t: (t / t.norm(dim=-1, keepdim=True)).numpy()
-    return norm(img), norm(txt), tok["input_ids"].numpy(), pix["pixel_values"]
+    return dual_encoder_reference(GroupViTModel, CLIPProcessor, ckpt_dir, images, texts)
 
 
 def reference_segmentation(ckpt_dir, images, texts):

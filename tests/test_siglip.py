@@ -6,20 +6,14 @@ import torch
 
 import encoders
 from images import TEXTS, mixed_batch
+from reference import dual_encoder_reference
 
 
 def reference_features(ckpt_dir, images, texts):
     from transformers import AutoProcessor, SiglipModel
 
-    model = SiglipModel.from_pretrained(ckpt_dir).eval()
-    processor = AutoProcessor.from_pretrained(ckpt_dir)
-    with torch.no_grad():
-        pix = processor(images=images, return_tensors="pt")
-        img = model.get_image_features(**pix).pooler_output
-        tok = processor(text=texts, padding="max_length", truncation=True, return_tensors="pt")
-        txt = model.get_text_features(**tok).pooler_output
-    norm = lambda t: (t / t.norm(dim=-1, keepdim=True)).numpy()
-    return norm(img), norm(txt), tok["input_ids"].numpy()
+    img, txt, ids, _ = dual_encoder_reference(SiglipModel, AutoProcessor, ckpt_dir, images, texts, padding="max_length")
+    return img, txt, ids
 
 
 @pytest.mark.parametrize("layout", ["current", "legacy"])
