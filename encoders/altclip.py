@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from .api import DualEncoder, dual_encoder
-from .checkpoint import Checkpoint, Rule, build_on_meta, load_weights
+from .checkpoint import Checkpoint, Rule, build_on_meta, load_model
 from .errors import CheckpointError
 from .layers import (PatchEmbed, PostNormBlock, PreNormBlock, TextEmbeddings, bert_embedding_rules, bert_layer_rules,
-                     clip_layer_rules, fuse_projections, padding_mask)
+                     clip_layer_rules, padding_mask)
 from .preprocess import ImagePreprocessor
 from .tokenize import load_tokenizer
 
@@ -150,8 +150,7 @@ def load_altclip(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> 
     config = with_config_defaults(ckpt.config)
     digest = ckpt.digest
     model = build_on_meta(lambda: AltCLIPModel(config))
-    load_weights(model, ckpt, rules(ckpt), ignore=IGNORED, dtype=dtype, device=device, family="AltCLIP")
-    fuse_projections(model).eval()
+    load_model(model, ckpt, rules(ckpt), ignore=IGNORED, dtype=dtype, device=device, family="AltCLIP")
     text_cfg = config["text_config"]
     # XLM-R positions start after padding_idx, so the text limit is two short of the position table
     tokenizer = load_tokenizer(ckpt.dir, default_max_length=text_cfg["max_position_embeddings"] - text_cfg["pad_token_id"] - 1)

@@ -18,11 +18,11 @@ from PIL import Image
 from torch import nn
 
 from .api import DualEncoder, captioner, dual_encoder, reranker
-from .checkpoint import Checkpoint, Rule, build_on_meta, load_weights, rows
+from .checkpoint import Checkpoint, Rule, build_on_meta, load_model, rows
 from .errors import CheckpointError, InvalidInput
 from .generate import LayerCaches, generate
 from .layers import (PatchEmbed, PostNormBlock, PreNormBlock, TextEmbeddings, activation, bert_embedding_rules,
-                     bert_layer_rules, causal_padding_mask, fuse_projections, padding_mask)
+                     bert_layer_rules, causal_padding_mask, padding_mask)
 from .preprocess import ImagePreprocessor
 from .tokenize import Tokenizer, load_tokenizer
 
@@ -279,17 +279,12 @@ def _tokenizer(ckpt: Checkpoint) -> Tokenizer:
     return tokenizer
 
 
-def _load(ckpt: Checkpoint, model: nn.Module, rules, ignore, device, dtype) -> nn.Module:
-    load_weights(model, ckpt, rules, ignore=ignore, dtype=dtype, device=device, family="BLIP")
-    return fuse_projections(model).eval()
-
-
 @dual_encoder("blip")
 def load_blip_dual_encoder(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> DualEncoder:
     _check_kind(ckpt, "retrieval")
     digest = ckpt.digest
-    model = _load(ckpt, build_on_meta(lambda: BlipRetrieval(ckpt.config, with_itm=False)), _retrieval_rules(False),
-                  ITC_IGNORED, device, dtype)
+    model = load_model(build_on_meta(lambda: BlipRetrieval(ckpt.config, with_itm=False)), ckpt, _retrieval_rules(False),
+                       ignore=ITC_IGNORED, dtype=dtype, device=device, family="BLIP")
     return DualEncoder(name=ckpt.name, family="blip", model=model, dim=model.vision_proj.out_features, digest=digest,
                        image_preprocessor=ImagePreprocessor.from_checkpoint_dir(ckpt.dir), tokenizer=_tokenizer(ckpt),
                        device=device, dtype=dtype)
@@ -360,8 +355,8 @@ class BlipReranker:
 def load_blip_reranker(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> BlipReranker:
     _check_kind(ckpt, "retrieval")
     digest = ckpt.digest
-    model = _load(ckpt, build_on_meta(lambda: BlipRetrieval(ckpt.config, with_itm=True)), _retrieval_rules(True),
-                  ITM_IGNORED, device, dtype)
+    model = load_model(build_on_meta(lambda: BlipRetrieval(ckpt.config, with_itm=True)), ckpt, _retrieval_rules(True),
+                       ignore=ITM_IGNORED, dtype=dtype, device=device, family="BLIP")
     return BlipReranker(ckpt.name, model, ImagePreprocessor.from_checkpoint_dir(ckpt.dir), _tokenizer(ckpt),
                         device, dtype, digest)
 
@@ -416,8 +411,8 @@ def load_blip_captioner(ckpt: Checkpoint, device: torch.device, dtype: torch.dty
     digest = ckpt.digest
     tcfg = text_config(ckpt.config)
     tied = bool(ckpt.config.get("tie_word_embeddings", True) and tcfg.get("tie_word_embeddings", True))
-    model = _load(ckpt, build_on_meta(lambda: BlipCaptionModel(ckpt.config)), _caption_rules(tied), CAPTION_IGNORED,
-                  device, dtype)
+    model = load_model(build_on_meta(lambda: BlipCaptionModel(ckpt.config)), ckpt, _caption_rules(tied),
+                       ignore=CAPTION_IGNORED, dtype=dtype, device=device, family="BLIP")
     generation = ckpt.json_file("generation_config.json") or {}
     return BlipCaptioner(ckpt.name, model, ImagePreprocessor.from_checkpoint_dir(ckpt.dir), _tokenizer(ckpt), tcfg,
                          device, dtype, digest, length_penalty=generation.get("length_penalty", 1.0),

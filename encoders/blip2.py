@@ -25,10 +25,10 @@ from torch import nn
 
 from .api import captioner, reranker
 from .blip import BlipVision, vision_config, vision_rules
-from .checkpoint import Checkpoint, Rule, build_on_meta, load_weights
+from .checkpoint import Checkpoint, Rule, build_on_meta, load_model
 from .errors import CheckpointError, InvalidInput
 from .generate import LayerCaches, generate
-from .layers import MLP, KVCache, PostNormBlock, fuse_projections, padding_mask
+from .layers import MLP, KVCache, PostNormBlock, padding_mask
 from .opt import OPTDecoder, opt_ignored, opt_rules
 from .preprocess import ImagePreprocessor
 from .t5 import T5EncoderDecoder, t5_config, t5_ignored, t5_rules
@@ -246,12 +246,6 @@ class Blip2Reranker:
         return out
 
 
-def _load(ckpt: Checkpoint, model: nn.Module, rules: list[Rule], ignore: list[str], device, dtype) -> nn.Module:
-    load_weights(model, ckpt, rules, ignore=ignore, dtype=dtype, device=device, family="BLIP-2",
-                 keep_fp32=_fp32_parts(dtype))
-    return fuse_projections(model).eval()
-
-
 @reranker("blip-2")
 def load_blip2_reranker(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> Blip2Reranker:
     config = blip2_config(ckpt.config)
@@ -268,7 +262,8 @@ def load_blip2_reranker(ckpt: Checkpoint, device: torch.device, dtype: torch.dty
              Rule(r"itm_head\.(weight|bias)", r"itm_head.\1")]
     # the ITC projections belong to the contrastive (first-stage) use of the checkpoint
     ignore = [*BASE_IGNORED, r"(vision|text)_projection\.(weight|bias)", r"temp"]
-    _load(ckpt, model, rules, ignore, device, dtype)
+    load_model(model, ckpt, rules, ignore=ignore, dtype=dtype, device=device, family="BLIP-2",
+               keep_fp32=_fp32_parts(dtype))
     tokenizer = load_tokenizer(ckpt.dir, default_max_length=q["max_position_embeddings"])
     tokenizer.max_length = min(tokenizer.max_length, q["max_position_embeddings"])  # text positions are finite
     return Blip2Reranker(name=ckpt.name, model=model, image_preprocessor=ImagePreprocessor.from_checkpoint_dir(ckpt.dir),
@@ -425,8 +420,7 @@ def load_blip2_captioner(ckpt: Checkpoint, device: torch.device, dtype: torch.dt
     keep = _fp32_parts(dtype)
     if dtype == torch.float16 and lm_type == "t5":
         keep = keep + [r"^lm\.(encoder|decoder)\.layers\.\d+\.mlp\.fc2\."]  # T5's output projection overflows fp16
-    load_weights(model, ckpt, rules, ignore=ignore, dtype=dtype, device=device, family="BLIP-2", keep_fp32=keep)
-    fuse_projections(model).eval()
+    load_model(model, ckpt, rules, ignore=ignore, dtype=dtype, device=device, family="BLIP-2", keep_fp32=keep)
 
     if lm_type == "opt":
         positions = model.lm.max_positions

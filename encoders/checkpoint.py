@@ -354,6 +354,15 @@ def load_weights(
     return module
 
 
+def load_model(module: nn.Module, ckpt: Checkpoint, rules: list[Rule], **options) -> nn.Module:
+    """load_weights (same options), then fuse the attention projections and switch to eval mode: what
+    every family does with a module built on the meta device."""
+    from .layers import fuse_projections
+
+    load_weights(module, ckpt, rules, **options)
+    return fuse_projections(module).eval()
+
+
 def _set_parameter(module: nn.Module, dotted: str, value: nn.Parameter) -> None:
     *path, leaf = dotted.split(".")
     owner = module

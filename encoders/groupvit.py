@@ -12,9 +12,9 @@ from PIL import Image
 from torch import nn
 
 from .api import DualEncoder, dual_encoder
-from .checkpoint import Checkpoint, Rule, build_on_meta, load_weights
+from .checkpoint import Checkpoint, Rule, build_on_meta, load_model
 from .errors import InvalidInput
-from .layers import MLP, Attention, PatchEmbed, PreNormBlock, clip_layer_rules, fuse_projections, l2_normalize
+from .layers import MLP, Attention, PatchEmbed, PreNormBlock, clip_layer_rules, l2_normalize
 from .preprocess import ImagePreprocessor
 from .tokenize import load_tokenizer
 
@@ -341,9 +341,8 @@ def load_groupvit(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) ->
     config = with_config_defaults(ckpt.config)
     digest = ckpt.digest
     model = build_on_meta(lambda: GroupViTModel(config))
-    load_weights(model, ckpt, RULES, ignore=IGNORED, dtype=dtype, device=device, family="GroupViT",
-                 keep_fp32=KEEP_FP32)
-    fuse_projections(model).eval()
+    load_model(model, ckpt, RULES, ignore=IGNORED, dtype=dtype, device=device, family="GroupViT",
+               keep_fp32=KEEP_FP32)
     tokenizer = load_tokenizer(ckpt.dir, default_max_length=config["text_config"]["max_position_embeddings"])
     return GroupViTEncoder(name=ckpt.name, family="groupvit", model=model, dim=config["projection_dim"], digest=digest,
                            image_preprocessor=ImagePreprocessor.from_checkpoint_dir(ckpt.dir), tokenizer=tokenizer,

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from .api import DualEncoder, dual_encoder
-from .checkpoint import Checkpoint, Rule, build_on_meta, load_weights, rows
+from .checkpoint import Checkpoint, Rule, build_on_meta, load_model, rows
 from .errors import CheckpointError
-from .layers import Attention, MLP, PatchEmbed, PreNormBlock, clip_layer_rules, fuse_projections, padding_mask
+from .layers import Attention, MLP, PatchEmbed, PreNormBlock, clip_layer_rules, padding_mask
 from .preprocess import ImagePreprocessor
 from .tokenize import load_tokenizer
 
@@ -131,8 +131,7 @@ def load_siglip(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> D
     config = with_config_defaults(ckpt.config)
     digest = ckpt.digest
     model = build_on_meta(lambda: SiglipModel(config))
-    load_weights(model, ckpt, RULES, ignore=IGNORED, dtype=dtype, device=device, family="SigLIP")
-    fuse_projections(model).eval()
+    load_model(model, ckpt, RULES, ignore=IGNORED, dtype=dtype, device=device, family="SigLIP")
     text_cfg = config["text_config"]
     tokenizer = load_tokenizer(ckpt.dir, default_max_length=text_cfg["max_position_embeddings"],
                                pad_to_max_length=True)
