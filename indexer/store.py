@@ -12,7 +12,7 @@
         # vectors: (m, dim) float32 rows (a single (dim,) vector is fine) -> list (per query) of [Hit(id, score)]
         # where: an SQLAlchemy boolean expression over catalog.Item columns (search/filters.py builds it);
         # ids: an iterable of allowed item ids. Restricted searches return a full top-k when at least k match.
-    items = coll.get([ids])                        # {id: catalog.Item} for the live ones among ids
+    items = coll.get([ids])                        # {id: catalog.ItemRow} for the live ones among ids
     n = coll.delete(ids=[..] | uris=[..] | where=expr)   # soft-delete, returns how many; index updated
     coll.upsert([UpsertRow(uri, sha256, width, height, vector, meta, caption)])
         # -> [(id, None) | (holder id, reason)]: replaces by uri, refuses content already held by another item
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from encoders.errors import Conflict, InvalidInput
-from indexer.catalog import Catalog, Collection, Item, database_url
+from indexer.catalog import Catalog, Collection, Item, ItemRow, database_url
 from indexer.vectors import IndexFileError, IndexSpec, VectorIndex, normalize_rows
 
 log = logging.getLogger("mmsearch.indexer")
@@ -106,12 +106,23 @@ class Store:
         return self.catalog.list_collections()
 
     def collection(self, name: str) -> "CollectionHandle":
+        return self.collection_at(name)[0]
+
+    def collection_at(self, name: str) -> tuple["CollectionHandle", tuple[int, int]]:
+        """The handle and the collection's (revision, purged_rev) as of now, read in one query. The search
+        path hands the revision to `handle.search(..., revision=)`, so the index catch-up check needs no
+        second query after the (slow) query encoding."""
+        with self._lock:
+            handle = self._handles.get(name)
+        state = self.catalog.collection_state(name)
+        if handle is not None and state is not None and state[0] == handle.row.uid:
+            return handle, state[1:]
         with self._lock:
             row = self.catalog.get_collection(name)
             handle = self._handles.get(name)
             if handle is None or handle.row.uid != row.uid:
                 handle = self._handles[name] = CollectionHandle(self, row)
-            return handle
+            return handle, (row.revision, row.purged_rev)
 
     def create_collection(self, name: str, encoder, index_spec: str | None = None) -> "CollectionHandle":
         spec = IndexSpec.parse(index_spec)
@@ -194,8 +205,10 @@ class CollectionHandle:
     # ---- reads -------------------------------------------------------------------------------------------------
 
     def search(self, vectors: np.ndarray, k: int = 10, *, where=None, ids: Iterable[int] | None = None,
-               nprobe: int | None = None, ef: int | None = None) -> list[list[Hit]]:
-        """Nearest items by inner product for each query row (see module docstring)."""
+               nprobe: int | None = None, ef: int | None = None, revision: tuple[int, int] | None = None
+               ) -> list[list[Hit]]:
+        """Nearest items by inner product for each query row (see module docstring). `revision`: the
+        collection's (revision, purged_rev) read earlier in this request (Store.collection_at)."""
         q = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise InvalidInput(f"query vectors must have dim {self.dim} (collection {self.name!r}), got {q.shape}")
@@ -208,11 +221,11 @@ class CollectionHandle:
         if ids is not None:
             given = np.fromiter((int(i) for i in ids), dtype=np.int64)
             allowed = given if allowed is None else np.intersect1d(allowed, given)
-        index = self.refresh()  # after selecting: every allowed id committed so far is in the index
+        index = self.refresh(revision)  # after selecting: every allowed id committed so far is in the index
         scores, found = index.search(q, k, allowed=allowed, nprobe=nprobe, ef=ef)
         return [[Hit(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, found)]
 
-    def get(self, ids: Iterable[int]) -> dict[int, Item]:
+    def get(self, ids: Iterable[int]) -> dict[int, ItemRow]:
         return self.catalog.items_by_id(self.id, list(ids))
 
     # ---- writes ------------------------------------------------------------------------------------------------
@@ -308,13 +321,19 @@ class CollectionHandle:
     def index(self) -> VectorIndex:
         return self.refresh()
 
-    def refresh(self) -> VectorIndex:
-        """Open the index if needed and catch it up with the catalog; returns it."""
+    def refresh(self, revision: tuple[int, int] | None = None) -> VectorIndex:
+        """Open the index if needed and catch it up with the catalog (to `revision` = (revision, purged_rev)
+        when the caller has just read it); returns it. An index ahead of a given revision is fine (this
+        process applied a newer commit meanwhile); ahead of a freshly read one, the catalog went back."""
         with self._lock:
-            rev, purged = self.catalog.revision(self.id)
+            if self._index is None or revision is None:
+                rev, purged = self.catalog.revision(self.id)
+                ahead = self._index is not None and self._index.watermark > rev
+            else:
+                (rev, purged), ahead = revision, False
             if self._index is None:
                 self._index = self._open(rev, purged)
-            elif self._index.watermark < purged or self._index.watermark > rev:
+            elif self._index.watermark < purged or ahead:
                 self._index = self._build(rev)
             elif self._index.watermark < rev:
                 self._catch_up(self._index, rev)

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from encoders.errors import InvalidInput, NotFound
-from indexer.catalog import Item
+from indexer.catalog import Item, ItemRow
 from search import filters
 from search.batching import BatchedEncoder, DeadlineExceeded
 
@@ -110,6 +110,11 @@ class Models:
         for model in models:
             if isinstance(model, BatchedEncoder):
                 model.close()
+                stats = model.stats
+                for kind in ("text", "image"):
+                    if stats.get(f"{kind}_batches"):
+                        log.info("%s %s batches: %d for %d inputs (mean %.1f)", model.name, kind, stats[f"{kind}_batches"],
+                                 stats[f"{kind}_inputs"], stats[f"{kind}_inputs"] / stats[f"{kind}_batches"])
 
 
 # -- requests and results -------------------------------------------------------------------------------
@@ -178,7 +183,7 @@ def image_blob_path(data_dir: str, sha256: str) -> str:
     return os.path.join(data_dir, "images", sha256[:2], sha256)
 
 
-def load_item_image(item: Item, image_dir: str | None = None):
+def load_item_image(item: ItemRow, image_dir: str | None = None):
     """An item's image: the local file its uri names, else the copy kept by Upsert under `image_dir`."""
     from encoders.preprocess import load_image
 
@@ -252,7 +257,7 @@ class Searcher:
         if query.rerank_depth < 0:
             raise InvalidInput(f"rerank depth must be >= 0 (0 = default {self.default_depth}), got {query.rerank_depth}")
         where_ast = filters.parse(query.filter or "")  # bad filters fail before any model work
-        handle = self.store.collection(query.collection)
+        handle, revision = self.store.collection_at(query.collection)  # the revision: no re-read after encoding
         reranker = self.models.reranker(query.rerank_model) if query.rerank_model else None
 
         t = time.perf_counter()
@@ -267,7 +272,7 @@ class Searcher:
             depth = max(depth, min(top_k, self.max_depth))
         k1 = min(max(top_k, depth) + (1 if query.item_id is not None else 0), MAX_TOP_K)
         remaining(deadline, "the index search")
-        found, strategy = self._first_stage(handle, vector, k1, where_ast, query, timing)
+        found, strategy = self._first_stage(handle, vector, k1, where_ast, query, timing, revision)
         if query.item_id is not None:
             found = [h for h in found if h.id != int(query.item_id)]
         found = found[:max(top_k, depth)]
@@ -300,8 +305,8 @@ class Searcher:
 
     # -- stages --
 
-    def _first_stage(self, handle, vector, k: int, where_ast, query: Query, timing) -> tuple[list, str]:
-        opts = dict(nprobe=query.nprobe or None, ef=query.ef or None)
+    def _first_stage(self, handle, vector, k: int, where_ast, query: Query, timing, revision) -> tuple[list, str]:
+        opts = dict(nprobe=query.nprobe or None, ef=query.ef or None, revision=revision)
         if where_ast is None:
             t = time.perf_counter()
             hits = handle.search(vector, k, **opts)[0]
@@ -366,7 +371,7 @@ class Searcher:
             hit.caption = captioner.caption([image])[0]
 
 
-def _hit(first_stage, row: Item) -> Hit:
+def _hit(first_stage, row: ItemRow) -> Hit:
     return Hit(id=int(first_stage.id), uri=row.uri, score=float(first_stage.score), width=int(row.width or 0),
                height=int(row.height or 0))
 

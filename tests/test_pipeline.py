@@ -116,7 +116,7 @@ def test_query_errors(env):
         (Query(collection="photos", vector=[1.0] * (enc.dim + 1)), InvalidInput, f"has dim {enc.dim}"),
         (Query(collection="photos", vector=[0.0] * enc.dim), InvalidInput, "all zeros"),
         (Query(collection="photos", vector=[np.nan] * enc.dim), InvalidInput, "NaN"),
-        (Query(collection="photos", image=b"not an image"), InvalidInput, ""),
+        (Query(collection="photos", image=b"not an image"), InvalidInput, "not an image"),
         (Query(collection="photos", text="x", filter="width >> 3"), FilterError, "column 8"),
         (Query(collection="nope", text="x"), NotFound, "nope"),
         (Query(collection="photos", item_id=999_999), NotFound, "item 999999"),

@@ -168,6 +168,30 @@ def test_store_search_get_delete(store):
         coll.search(np.zeros(DIM + 1, np.float32))
 
 
+def test_search_at_an_earlier_revision(store):
+    """The search path reads (revision, purged_rev) before encoding the query and hands it to search: an
+    index that moved past it meanwhile (this process committed) is used as it is, not rebuilt; one behind
+    it catches up."""
+    coll = _collection(store)
+    x = clustered(60, DIM, seed=3)
+    ids = add_rows(coll, x[:30])
+    handle, revision = store.collection_at("c")
+    assert handle is coll and revision == store.catalog.revision(coll.id)
+    assert handle.search(x[0], k=1, revision=revision)[0][0].id == ids[0]
+    later = add_rows(coll, x[30:40], start=30)  # committed by "another process": the index is behind
+    coll.apply_commit(*store.catalog.revision(coll.id)[:1], np.asarray(later), x[30:40])  # this one applies it
+    built = []
+    real_build = coll._build
+    coll._build = lambda *a, **k: built.append(1) or real_build(*a, **k)
+    assert coll.search(x[35], k=1, revision=revision)[0][0].id == later[5]  # index ahead of `revision`
+    assert not built
+    newest = add_rows(coll, x[40:50], start=40)
+    _, now = store.collection_at("c")
+    assert coll.search(x[45], k=1, revision=now)[0][0].id == newest[5]  # behind: caught up to `now`
+    assert not built
+    assert_index_matches_catalog(coll)
+
+
 def test_encoder_binding(store):
     coll = _collection(store)
     coll.check_encoder(FakeBinding(dim=DIM, name="same weights elsewhere"))
