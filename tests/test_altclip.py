@@ -8,7 +8,7 @@ import torch
 
 import encoders
 from images import TEXTS, mixed_batch
-from reference import dual_encoder_reference
+from reference import assert_matches_reference, dual_encoder_reference
 
 MORE_TEXTS = TEXTS + ["中文和English混合的查询 query", "  spaces\tand\nnewlines  ", "<mask> token <s> inside"]
 
@@ -31,17 +31,8 @@ def test_altclip_matches_transformers(layout, altclip_dirs):
     current, legacy = altclip_dirs
     ckpt = current if layout == "current" else legacy
     images = mixed_batch()
-    ref_img, ref_txt, ref_ids, ref_pix = reference(ckpt, images, MORE_TEXTS)
-
-    enc = encoders.load(str(ckpt))
-    assert (enc.family, enc.dim) == ("altclip", 16)
-    np.testing.assert_array_equal(enc.tokenizer(MORE_TEXTS).input_ids.numpy(), ref_ids)
-    np.testing.assert_allclose(enc.image_preprocessor(images).numpy(), ref_pix.numpy(), atol=1e-6)
-    img, txt = enc.encode_images(images), enc.encode_texts(MORE_TEXTS)
-    assert img.dtype == np.float32 and img.shape == (len(images), 16)
-    np.testing.assert_allclose(np.linalg.norm(txt, axis=1), 1.0, atol=1e-5)
-    assert np.abs(img - ref_img).max() <= 1e-4
-    assert np.abs(txt - ref_txt).max() <= 1e-4
+    assert_matches_reference(encoders.load(str(ckpt)), "altclip", 16, images, MORE_TEXTS,
+                             *reference(ckpt, images, MORE_TEXTS))
 
 
 def test_altclip_legacy_tokenizer_honours_mask_lstrip(altclip_dirs, tmp_path):

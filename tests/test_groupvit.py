@@ -10,7 +10,7 @@ import torch
 import encoders
 from encoders.groupvit import segment
 from images import TEXTS, mixed_batch, random_image
-from reference import dual_encoder_reference
+from reference import assert_matches_reference, dual_encoder_reference
 
 MORE_TEXTS = TEXTS + ["don't STOP: it's 12345", "  spaces\tand\nnewlines  ", "中英mixed 文本 text"]
 LABELS = ["a red circle", "two blue squares", "a green triangle", "一只猫"]
@@ -44,17 +44,8 @@ def test_groupvit_matches_transformers(layout, groupvit_dirs):
     current, legacy = groupvit_dirs
     ckpt = current if layout == "current" else legacy
     images = mixed_batch()
-    ref_img, ref_txt, ref_ids, ref_pix = reference(ckpt, images, MORE_TEXTS)
-
-    enc = encoders.load(str(ckpt))
-    assert (enc.family, enc.dim) == ("groupvit", 16)
-    np.testing.assert_array_equal(enc.tokenizer(MORE_TEXTS).input_ids.numpy(), ref_ids)
-    np.testing.assert_allclose(enc.image_preprocessor(images).numpy(), ref_pix.numpy(), atol=1e-6)
-    img, txt = enc.encode_images(images), enc.encode_texts(MORE_TEXTS)
-    assert img.dtype == np.float32 and img.shape == (len(images), 16)
-    np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1.0, atol=1e-5)
-    assert np.abs(img - ref_img).max() <= 1e-4
-    assert np.abs(txt - ref_txt).max() <= 1e-4
+    assert_matches_reference(encoders.load(str(ckpt)), "groupvit", 16, images, MORE_TEXTS,
+                             *reference(ckpt, images, MORE_TEXTS))
 
 
 @pytest.mark.parametrize("layout", ["current", "legacy"])

@@ -6,7 +6,7 @@ import torch
 
 import encoders
 from images import TEXTS, mixed_batch
-from reference import dual_encoder_reference
+from reference import assert_matches_reference, dual_encoder_reference
 
 
 def reference_features(ckpt_dir, images, texts):
@@ -20,18 +20,8 @@ def reference_features(ckpt_dir, images, texts):
 def test_siglip_matches_transformers(layout, tiny_siglip_dir, tiny_siglip_legacy_dir):
     ckpt = tiny_siglip_dir if layout == "current" else tiny_siglip_legacy_dir
     images = mixed_batch()
-    ref_img, ref_txt, ref_ids = reference_features(tiny_siglip_dir, images, TEXTS)
-
-    enc = encoders.load(str(ckpt))
-    assert (enc.family, enc.dim) == ("siglip", 32)
-    ours_ids = enc.tokenizer(TEXTS).input_ids.numpy()
-    np.testing.assert_array_equal(ours_ids, ref_ids)
-    img = enc.encode_images(images)
-    txt = enc.encode_texts(TEXTS)
-    assert img.dtype == np.float32 and img.shape == (len(images), 32)
-    np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1.0, atol=1e-5)
-    assert np.abs(img - ref_img).max() <= 1e-4
-    assert np.abs(txt - ref_txt).max() <= 1e-4
+    assert_matches_reference(encoders.load(str(ckpt)), "siglip", 32, images, TEXTS,
+                             *reference_features(tiny_siglip_dir, images, TEXTS))
 
 
 def test_siglip_bf16_close_to_fp32(tiny_siglip_dir):
