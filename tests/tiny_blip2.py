@@ -59,29 +59,36 @@ def _finish(out: Path, model, processor, tokenizer_class: str, **tokenizer_setti
     cfg_path.write_text(json.dumps(cfg, indent=2))
 
 
-def make_tiny_blip2_itm(out: Path, *, seed: int = 0) -> tuple[Path, dict[str, Path]]:
+def _random_model(model_cls, tokenizer, seed: int, **config):
+    """A seeded random BLIP-2 of `model_cls` over the shared tiny vision tower. transformers initialises the
+    query tokens to zero; random values exercise them."""
     import torch
-    from transformers import BertTokenizer, Blip2Config, Blip2ForImageTextRetrieval, Blip2Processor
+    from transformers import Blip2Config
+
+    config = Blip2Config(vision_config=VISION, num_query_tokens=NUM_QUERY_TOKENS, initializer_range=0.2,
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"), **config)
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    with torch.no_grad():
+        model.query_tokens.normal_(0, 0.5)
+    return model
+
+
+def make_tiny_blip2_itm(out: Path, *, seed: int = 0) -> tuple[Path, dict[str, Path]]:
+    from transformers import BertTokenizer, Blip2ForImageTextRetrieval, Blip2Processor
 
     out = Path(out)
     vocab = train_wordpiece(out.parent / f"{out.name}_vocab")
     tokenizer = BertTokenizer(str(vocab), model_max_length=64)
     processor = Blip2Processor(_image_processor(), tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
-    config = Blip2Config(vision_config=VISION,
-                         qformer_config=dict(QFORMER, vocab_size=len(tokenizer), use_qformer_text_input=True),
-                         num_query_tokens=NUM_QUERY_TOKENS, image_text_hidden_size=16, initializer_range=0.2,
-                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
-    torch.manual_seed(seed)
-    model = Blip2ForImageTextRetrieval(config).eval()
-    with torch.no_grad():  # transformers initialises these to zero; random values exercise them
-        model.query_tokens.normal_(0, 0.5)
+    model = _random_model(Blip2ForImageTextRetrieval, tokenizer, seed, image_text_hidden_size=16,
+                          qformer_config=dict(QFORMER, vocab_size=len(tokenizer), use_qformer_text_input=True))
     _finish(out, model, processor, "BertTokenizer")
     return out, {"vocab.txt": vocab}
 
 
 def make_tiny_blip2_opt(out: Path, *, seed: int = 0) -> tuple[Path, dict[str, Path]]:
-    import torch
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, GPT2Tokenizer
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor, GPT2Tokenizer
 
     out = Path(out)
     vocab, merges = train_byte_bpe(out.parent / f"{out.name}_bpe")
@@ -91,20 +98,14 @@ def make_tiny_blip2_opt(out: Path, *, seed: int = 0) -> tuple[Path, dict[str, Pa
     text = dict(model_type="opt", vocab_size=len(tokenizer) + 3, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
                 num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=32, pad_token_id=1, init_std=0.2,
                 bos_token_id=2, eos_token_id=2)
-    config = Blip2Config(vision_config=VISION, qformer_config=QFORMER, text_config=text, initializer_range=0.2,
-                         num_query_tokens=NUM_QUERY_TOKENS, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
-    torch.manual_seed(seed)
-    model = Blip2ForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        model.query_tokens.normal_(0, 0.5)
+    model = _random_model(Blip2ForConditionalGeneration, tokenizer, seed, qformer_config=QFORMER, text_config=text)
     _finish(out, model, processor, "GPT2Tokenizer", add_bos_token=True)
     return out, {"vocab.json": vocab, "merges.txt": merges}
 
 
 def make_tiny_blip2_t5(out: Path, *, gated: bool = True, seed: int = 0) -> tuple[Path, dict[str, Path]]:
     """gated=True: Flan-T5 style (gated-gelu, separate lm_head); False: original T5 (relu, tied lm_head)."""
-    import torch
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, T5Tokenizer
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor, T5Tokenizer
 
     out = Path(out)
     sp_model = train_sentencepiece(out.parent / f"{out.name}_sp", vocab_size=200)
@@ -114,12 +115,7 @@ def make_tiny_blip2_t5(out: Path, *, gated: bool = True, seed: int = 0) -> tuple
                 num_heads=4, relative_attention_num_buckets=8,
                 relative_attention_max_distance=20, feed_forward_proj="gated-gelu" if gated else "relu",
                 tie_word_embeddings=not gated, initializer_factor=4.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    config = Blip2Config(vision_config=VISION, qformer_config=QFORMER, text_config=text, initializer_range=0.2,
-                         num_query_tokens=NUM_QUERY_TOKENS, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
-    torch.manual_seed(seed)
-    model = Blip2ForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        model.query_tokens.normal_(0, 0.5)
+    model = _random_model(Blip2ForConditionalGeneration, tokenizer, seed, qformer_config=QFORMER, text_config=text)
     _finish(out, model, processor, "T5Tokenizer")
     return out, {"spiece.model": sp_model}
 
