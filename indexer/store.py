@@ -114,9 +114,10 @@ class Store:
         second query after the (slow) query encoding."""
         with self._lock:
             handle = self._handles.get(name)
-        state = self.catalog.collection_state(name)
-        if handle is not None and state is not None and state[0] == handle.row.uid:
-            return handle, state[1:]
+        if handle is not None:  # the usual case: one cheap query checks it and gives the revision
+            state = self.catalog.collection_state(name)
+            if state is not None and state[0] == handle.row.uid:
+                return handle, state[1:]
         with self._lock:
             row = self.catalog.get_collection(name)
             handle = self._handles.get(name)
