@@ -24,13 +24,14 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String,
-                        Text, bindparam, create_engine, event, false, func, select, text, true, update)
+                        Text, bindparam, create_engine, event, false, func, null, select, text, true, update)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from encoders.errors import Conflict, InvalidInput, MMSearchError, NotFound
+from indexer.reads import DriverReads
 
 SCHEMA_VERSION = 1
 
@@ -136,13 +137,15 @@ class ItemRow:
     height: int
     caption: str | None
     meta: dict
-    vector: bytes
+    vector: bytes | None  # None when read with with_vectors=False
     created: dt.datetime
     updated: dt.datetime
     deleted: bool
     rev: int
 
     def vector_array(self) -> np.ndarray:
+        if self.vector is None:
+            raise RuntimeError(f"item {self.id} was read without its vector (items_by_id(..., with_vectors=False))")
         return np.frombuffer(self.vector, dtype="<f4")
 
 
@@ -209,8 +212,19 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 _STATE_BY_NAME = select(Collection.uid, Collection.revision, Collection.purged_rev).where(
     Collection.name == bindparam("name"))
 _REVISION_BY_ID = select(Collection.revision, Collection.purged_rev).where(Collection.id == bindparam("cid"))
-_LIVE_ITEMS_BY_ID = select(Item.__table__).where(Item.collection_id == bindparam("cid"), Item.deleted == false(),
-                                                 Item.id.in_(bindparam("ids", expanding=True)))
+
+
+def _live_by_ids(collection_id, ids):
+    """Live items of a collection among `ids`, looked up by primary key. `collection_id + 0` keeps SQLite
+    (which has no statistics) from walking the whole collection through an index led by collection_id
+    and testing each row against the list instead: 47 ms rather than 0.05 ms for 10 ids among 300,000."""
+    return Item.id.in_(ids) & ((Item.collection_id + 0) == collection_id) & (Item.deleted == false())
+
+
+_LIVE_ITEMS_BY_ID = select(Item.__table__).where(_live_by_ids(bindparam("cid"), bindparam("ids", expanding=True)))
+# The search path's rows: the vector (3 KB a row for 768 dims) is read only when a request asks for it.
+_LIVE_ITEMS_BY_ID_NO_VECTOR = _LIVE_ITEMS_BY_ID.with_only_columns(
+    *[c for c in Item.__table__.c if c.name != "vector"], null().label("vector"))
 
 
 class Catalog:
@@ -237,6 +251,7 @@ class Catalog:
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._reads = DriverReads(self.engine)
         self._check_schema(create)
 
     def _check_schema(self, create: bool) -> None:
@@ -261,6 +276,7 @@ class Catalog:
             raise CatalogError(f"catalog {where} has unknown schema version {version}")
 
     def close(self) -> None:
+        self._reads.close()
         self.engine.dispose()
 
     @contextlib.contextmanager
@@ -269,10 +285,10 @@ class Catalog:
         with self._sessions() as s, s.begin():
             yield s
 
-    def reading(self):
-        """A plain connection for single-statement reads on the request path (no ORM session to set up;
-        rolled back on close)."""
-        return self.engine.connect()
+    def read(self, statement, params: dict) -> list[tuple]:
+        """Rows of one of the request path's prepared SELECTs (see indexer/reads.py: kept connections, no
+        per-execution SQLAlchemy machinery)."""
+        return self._reads.rows(statement, params)[1]
 
     @contextlib.contextmanager
     def write(self, collection_id: int) -> Iterator[tuple[Session, int]]:
@@ -319,14 +335,14 @@ class Catalog:
         """(uid, revision, purged_rev) of the collection called `name`, or None: one cheap query that tells a
         cached handle it is still current (a dropped and re-created collection has a new uid) and how far
         its index must catch up."""
-        with self.reading() as conn:
-            row = conn.execute(_STATE_BY_NAME, {"name": name}).first()
+        rows = self.read(_STATE_BY_NAME, {"name": name})
+        row = rows[0] if rows else None
         return None if row is None else (row[0], int(row[1]), int(row[2]))
 
     def revision(self, collection_id: int) -> tuple[int, int]:
         """(revision, purged_rev) of a collection, one cheap query."""
-        with self.reading() as conn:
-            row = conn.execute(_REVISION_BY_ID, {"cid": collection_id}).first()
+        rows = self.read(_REVISION_BY_ID, {"cid": collection_id})
+        row = rows[0] if rows else None
         if row is None:
             raise NotFound(f"collection id {collection_id} no longer exists")
         return int(row[0]), int(row[1])
@@ -345,34 +361,49 @@ class Catalog:
 
     # ---- items --------------------------------------------------------------------------------------------
 
-    def live(self, collection_id: int):
-        """The WHERE clause selecting the live items of a collection (combine with filters). Written
-        `deleted = false` (not IS), the form SQLite needs to use the partial index on live content."""
+    def live(self, collection_id: int, ids: Sequence[int] | None = None):
+        """The WHERE clause selecting the live items of a collection (combine with filters), or only those
+        among `ids`. Written `deleted = false` (not IS), the form SQLite needs to use the partial index on
+        live content."""
+        if ids is not None:
+            return _live_by_ids(collection_id, [int(i) for i in ids])
         return (Item.collection_id == collection_id) & (Item.deleted == false())
 
     def count(self, collection_id: int) -> int:
         with self.session() as s:
             return int(s.scalar(select(func.count()).select_from(Item).where(self.live(collection_id))))
 
-    def items_by_id(self, collection_id: int, ids: Sequence[int]) -> dict[int, ItemRow]:
-        """The live items among `ids`."""
+    def items_by_id(self, collection_id: int, ids: Sequence[int], *, with_vectors: bool = True) -> dict[int, ItemRow]:
+        """The live items among `ids` (with `vector` None unless `with_vectors`)."""
+        statement = _LIVE_ITEMS_BY_ID if with_vectors else _LIVE_ITEMS_BY_ID_NO_VECTOR
         out: dict[int, ItemRow] = {}
-        ids = [int(i) for i in ids]
-        with self.reading() as conn:
-            for chunk in _chunks(ids, 900):
-                for row in conn.execute(_LIVE_ITEMS_BY_ID, {"cid": collection_id, "ids": chunk}):
-                    out[row.id] = ItemRow(**row._mapping)
+        for chunk in _chunks([int(i) for i in ids], 900):
+            columns, rows = self._reads.rows(statement, {"cid": collection_id, "ids": chunk})
+            for row in rows:
+                item = ItemRow(**dict(zip(columns, row)))
+                out[item.id] = item
         return out
 
-    def select_ids(self, collection_id: int, where=None, *, limit: int | None = None) -> np.ndarray:
-        """Ids (int64 array) of the live items matching an SQLAlchemy expression over Item columns."""
-        stmt = select(Item.id).where(self.live(collection_id))
-        if where is not None:
-            stmt = stmt.where(where)
-        if limit is not None:
-            stmt = stmt.limit(limit)
+    def select_ids(self, collection_id: int, where=None, *, ids: Sequence[int] | None = None,
+                   limit: int | None = None) -> np.ndarray:
+        """Ids (int64 array) of the live items (among `ids`, when given) matching an SQLAlchemy expression
+        over Item columns."""
         with self.session() as s:
-            return np.fromiter(s.scalars(stmt), dtype=np.int64)
+            return np.asarray(self._matching_ids(s, collection_id, where, ids, limit), dtype=np.int64)
+
+    def _matching_ids(self, s: Session, collection_id: int, where, ids: Sequence[int] | None,
+                      limit: int | None = None) -> list[int]:
+        found: list[int] = []
+        for chunk in [None] if ids is None else _chunks([int(i) for i in ids], 900):  # 900 bound values a statement
+            stmt = select(Item.id).where(self.live(collection_id, chunk))
+            if where is not None:
+                stmt = stmt.where(where)
+            if limit is not None:
+                stmt = stmt.limit(limit - len(found))
+            found.extend(s.scalars(stmt))
+            if limit is not None and len(found) >= limit:
+                break
+        return found
 
     def existing_uris(self, collection_id: int, uris: Sequence[str]) -> dict[str, tuple[int, str]]:
         """uri -> (id, sha256) for the live items among `uris`."""
@@ -424,13 +455,11 @@ class Catalog:
                 last = int(ids[-1])
                 yield ids, dead, vecs, dim
 
-    def delete_where(self, collection_id: int, where) -> list[int]:
-        """Soft-delete the live items matching `where` (SQLAlchemy expression over Item). Returns their ids."""
+    def delete_where(self, collection_id: int, where, *, ids: Sequence[int] | None = None) -> list[int]:
+        """Soft-delete the live items (among `ids`, when given) matching `where` (SQLAlchemy expression
+        over Item, or None). Returns their ids."""
         with self.write(collection_id) as (s, rev):
-            stmt = select(Item.id).where(self.live(collection_id))
-            if where is not None:
-                stmt = stmt.where(where)
-            ids = list(s.scalars(stmt))
+            ids = self._matching_ids(s, collection_id, where, ids)
             for chunk in _chunks(ids, 900):
                 s.execute(update(Item).where(Item.id.in_(chunk))
                           .values(deleted=True, vector=b"", rev=rev, updated=utcnow()))

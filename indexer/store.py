@@ -226,8 +226,8 @@ class CollectionHandle:
         scores, found = index.search(q, k, allowed=allowed, nprobe=nprobe, ef=ef)
         return [[Hit(int(i), float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, found)]
 
-    def get(self, ids: Iterable[int]) -> dict[int, ItemRow]:
-        return self.catalog.items_by_id(self.id, list(ids))
+    def get(self, ids: Iterable[int], *, with_vectors: bool = True) -> dict[int, ItemRow]:
+        return self.catalog.items_by_id(self.id, list(ids), with_vectors=with_vectors)
 
     # ---- writes ------------------------------------------------------------------------------------------------
 
@@ -307,11 +307,10 @@ class CollectionHandle:
         if ids is None and uris is None and where is None:
             raise InvalidInput("delete: give ids, uris or a filter")
         cond = None
-        for part in (Item.id.in_([int(i) for i in ids]) if ids is not None else None,
-                     Item.uri.in_(list(uris)) if uris is not None else None, where):
+        for part in (Item.uri.in_(list(uris)) if uris is not None else None, where):
             if part is not None:
                 cond = part if cond is None else cond & part
-        removed = self.catalog.delete_where(self.id, cond)
+        removed = self.catalog.delete_where(self.id, cond, ids=None if ids is None else list(ids))
         if removed:
             self.refresh()  # the file catches up from the tombstones when next opened; saved on close
         return len(removed)

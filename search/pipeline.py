@@ -113,8 +113,9 @@ class Models:
                 stats = model.stats
                 for kind in ("text", "image"):
                     if stats.get(f"{kind}_batches"):
-                        log.info("%s %s batches: %d for %d inputs (mean %.1f)", model.name, kind, stats[f"{kind}_batches"],
-                                 stats[f"{kind}_inputs"], stats[f"{kind}_inputs"] / stats[f"{kind}_batches"])
+                        log.info("%s %s batches: %d for %d inputs (mean %.1f), model busy %.1f s", model.name, kind,
+                                 stats[f"{kind}_batches"], stats[f"{kind}_inputs"],
+                                 stats[f"{kind}_inputs"] / stats[f"{kind}_batches"], stats[f"{kind}_busy_s"])
 
 
 # -- requests and results -------------------------------------------------------------------------------
@@ -278,7 +279,7 @@ class Searcher:
         found = found[:max(top_k, depth)]
 
         t = time.perf_counter()
-        rows = handle.get([h.id for h in found])
+        rows = handle.get([h.id for h in found], with_vectors=query.include_vector)
         hits = [_hit(h, rows[h.id]) for h in found if h.id in rows]  # a row deleted meanwhile is skipped
         timing["fetch_ms"] = _ms(t)
 
@@ -328,7 +329,7 @@ class Searcher:
             candidates = handle.search(vector, fetch, **opts)[0]
             timing["ann_ms"] += _ms(t)
             t = time.perf_counter()
-            keep = set(handle.catalog.select_ids(handle.id, where & Item.id.in_([h.id for h in candidates])).tolist())
+            keep = set(handle.catalog.select_ids(handle.id, where, ids=[h.id for h in candidates]).tolist())
             timing["filter_ms"] += _ms(t)
             kept = [h for h in candidates if h.id in keep]
             if len(kept) >= k or len(candidates) < fetch:  # enough, or the whole index was seen

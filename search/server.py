@@ -390,7 +390,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         if not request.ids:
             raise InvalidInput("give the ids to get")
         handle = self.store.collection(request.collection)
-        rows = handle.get(list(request.ids))
+        rows = handle.get(list(request.ids), with_vectors=request.include_vector)
         missing = [i for i in request.ids if i not in rows]
         if missing:
             shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from encoders.errors import Conflict, NotFound
@@ -130,3 +130,68 @@ def test_store_on_postgres_two_processes_view(pg_url, tmp_path):  # noqa: F811
         writer.drop_collection("shared")
         with pytest.raises(NotFound):
             reader.collection("shared")
+
+
+def _items(cat, coll_id, n, start=0):
+    with cat.write(coll_id) as (s, rev):
+        for i in range(start, start + n):
+            s.add(Item(collection_id=coll_id, uri=f"/{coll_id}/{i}.jpg", sha256=f"{coll_id:02d}{i:062x}", width=1,
+                       height=1, meta={"i": i}, vector=np.full(DIM, i, "<f4").tobytes(), rev=rev))
+
+
+def test_reads_by_id_stay_in_their_collection_and_skip_deleted(db_url):
+    cat = Catalog(db_url)
+    a = cat.create_collection("a", encoder_name="m", encoder_family="siglip", encoder_digest="d" * 32, dim=DIM)
+    b = cat.create_collection("b", encoder_name="m", encoder_family="siglip", encoder_digest="d" * 32, dim=DIM)
+    _items(cat, a.id, 5)
+    _items(cat, b.id, 5)
+    a_ids, b_ids = cat.select_ids(a.id).tolist(), cat.select_ids(b.id).tolist()
+    cat.delete_where(a.id, None, ids=a_ids[:1] + b_ids[:1])  # an id of another collection is not touched
+    assert cat.count(a.id) == 4 and cat.count(b.id) == 5
+    rows = cat.items_by_id(a.id, a_ids + b_ids)
+    assert sorted(rows) == a_ids[1:]
+    assert rows[a_ids[2]].vector_array().tolist() == [2.0] * DIM
+    light = cat.items_by_id(a.id, a_ids, with_vectors=False)
+    assert sorted(light) == a_ids[1:] and all(r.vector is None for r in light.values())
+    assert light[a_ids[3]].meta == {"i": 3} and light[a_ids[3]].uri == f"/{a.id}/3.jpg"
+    with pytest.raises(RuntimeError, match="read without its vector"):
+        light[a_ids[3]].vector_array()
+    assert cat.select_ids(a.id, Item.width == 1, ids=a_ids + b_ids).tolist() == a_ids[1:]
+    _items(cat, b.id, 1000, start=5)  # id lists longer than one statement's 900 bound values
+    b_ids = cat.select_ids(b.id).tolist()
+    assert len(cat.select_ids(b.id, ids=b_ids, limit=950)) == 950
+    assert len(cat.delete_where(b.id, Item.width == 1, ids=b_ids[:1000])) == 1000 and cat.count(b.id) == 5
+    cat.close()
+
+
+def test_reads_by_id_use_the_primary_key_on_sqlite(tmp_path):
+    """Without statistics SQLite would walk the whole collection through an index led by collection_id
+    and test every row against the id list (O(collection) per search) once the list has ~10 ids."""
+    from indexer.catalog import _LIVE_ITEMS_BY_ID
+
+    cat = Catalog(database_url(tmp_path / "data"))
+    coll = cat.create_collection("c", encoder_name="m", encoder_family="siglip", encoder_digest="d" * 32, dim=DIM)
+    _items(cat, coll.id, 50)
+    ids = list(range(1, 41))
+    statements = [_LIVE_ITEMS_BY_ID.params(cid=coll.id, ids=ids),
+                  select(Item.id).where(cat.live(coll.id, ids), Item.width == 1)]
+    with cat.engine.connect() as conn:
+        for stmt in statements:
+            sql = stmt.compile(conn, compile_kwargs={"literal_binds": True, "render_postcompile": True})
+            plan = " ".join(str(row[-1]) for row in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
+            assert "PRIMARY KEY" in plan, plan
+    cat.close()
+
+
+def test_kept_read_connections_survive_a_postgres_restart(pg_url):  # noqa: F811
+    """Request-path reads reuse kept connections; one the server dropped is replaced, not reported."""
+    cat = Catalog(pg_url)
+    coll = cat.create_collection("c", encoder_name="m", encoder_family="siglip", encoder_digest="d" * 32, dim=DIM)
+    assert cat.collection_state("c")[1] == 0 and cat._reads._kept  # a connection is kept for the next read
+    with cat.session() as s:  # what a server restart or an idle timeout does to them
+        s.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    _items(cat, coll.id, 2)
+    assert cat.collection_state("c")[1] == 1
+    assert len(cat.items_by_id(coll.id, cat.select_ids(coll.id))) == 2
+    cat.close()
