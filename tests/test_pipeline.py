@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
@@ -138,10 +139,12 @@ def test_models_are_loaded_once_and_shared(env, tiny_siglip_dir, tmp_path):
     models = Models(batching=True)
     try:
         got = []
+        frozen = gc.get_freeze_count()
         threads = [threading.Thread(target=lambda: got.append(models.dual(str(tiny_siglip_dir)))) for _ in range(6)]
         [t.start() for t in threads]
         [t.join() for t in threads]
         assert len({id(m) for m in got}) == 1
+        assert gc.get_freeze_count() > frozen  # the loaded model is out of the collector's full passes
         store.create_collection("photos2", got[0])
         assert models.for_collection(store.collection("photos2")) is got[0]
         assert models.for_collection(store.collection("photos")) is got[0]
