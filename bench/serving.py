@@ -1,12 +1,16 @@
 """Serving benchmark: text Search latency and QPS at concurrency 1, 8 and 32, batching on vs off, next to
 the text tower's own batched throughput measured in the same run.
 
-    python bench/serving.py [--requests-per-client 4] [--items 2000] [--batch-wait-ms 5] [--out bench/results/serving.json]
+    python bench/serving.py [--requests-per-client 8] [--c1-requests 100] [--rounds 2] [--out bench/results/serving.json]
 
 The model is the base-size SigLIP (transformers' SiglipConfig defaults, random weights) saved to a temp
 dir and loaded through encoders.load. The server runs in its own process (`mmsearch serve`), so client
 threads do not share its GIL; clients are threads in this process, each with its own channel, each
 sending distinct texts back to back (closed loop).
+
+This machine's speed drifts by 10-30% over minutes (a shared VM), so the concurrency-32 batched run is
+done in `--rounds` rounds, each bracketed by measurements of the tower (server idle): a round's ratio uses
+the mean of the tower just before and just after it, and the goal is judged on the median round.
 
 Goals checked (and written to the JSON):
   qps_c32_batched >= 0.9 x tower texts/s (batch 32)
@@ -132,12 +136,13 @@ def run_load(port: int, concurrency: int, per_client: int, tag: str) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests-per-client", type=int, default=4)
-    parser.add_argument("--c1-requests", type=int, default=40)
+    parser.add_argument("--requests-per-client", type=int, default=8)
+    parser.add_argument("--c1-requests", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=2, help="concurrency-32 batched rounds, each between tower runs")
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--batch-max", type=int, default=32)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
-    parser.add_argument("--tower-repeats", type=int, default=5)
+    parser.add_argument("--tower-repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serving.json"))
     args = parser.parse_args()
@@ -166,26 +171,38 @@ def main() -> int:
         handle.save_index()
 
     def measure_tower(when: str) -> dict:
-        t = tower_numbers(enc, args.batch_max, args.tower_repeats)
+        t = dict(tower_numbers(enc, args.batch_max, args.tower_repeats), when=when)
         print(f"text tower ({when}): one text {t['one_text_ms']:.1f} ms, batch of {t['batch']} {t['batch_ms']:.0f} ms "
               f"= {t['texts_per_s']:.1f} texts/s", flush=True)
         return t
 
-    tower_before = measure_tower("before the load runs")
+    def mean_tower(*measured: dict) -> dict:
+        return {key: statistics.mean(t[key] for t in measured) for key in ("one_text_ms", "batch_ms", "texts_per_s")}
 
-    runs = []
+    towers, runs, rounds = [], [], []
     for batching in (True, False):
         proc, port = start_server(data_dir, batching, args.batch_max, args.batch_wait_ms,
                                   tmp / f"server-{'on' if batching else 'off'}.log")
         try:
             for c in args.concurrency:
                 per_client = args.c1_requests if c == 1 else args.requests_per_client
-                r = run_load(port, c, per_client, f"{'b' if batching else 'n'}{c}")
-                r["batching"] = batching
-                runs.append(r)
-                print(f"batching {'on ' if batching else 'off'} c={c:<3d} {r['requests']:4d} requests  "
-                      f"QPS {r['qps']:7.2f}  p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
-                      f"beyond encode {r['p50_beyond_encode_ms']:6.2f} ms", flush=True)
+                bracketed = batching and c == 32  # the goal's run: between tower measurements
+                if bracketed:
+                    towers.append(measure_tower("before c=32 round 1"))
+                for n in range(args.rounds if bracketed else 1):
+                    r = run_load(port, c, per_client, f"{'b' if batching else 'n'}{c}r{n}")
+                    r["batching"] = batching
+                    runs.append(r)
+                    print(f"batching {'on ' if batching else 'off'} c={c:<3d} {r['requests']:4d} requests  "
+                          f"QPS {r['qps']:7.2f}  p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
+                          f"beyond encode {r['p50_beyond_encode_ms']:6.2f} ms", flush=True)
+                    if bracketed:  # a round's "after" is the next round's "before"
+                        towers.append(measure_tower(f"after c=32 round {n + 1}"))
+                        tower = mean_tower(towers[-2], towers[-1])
+                        rounds.append({"qps": r["qps"], "p99_ms": r["p99_ms"], "tower": tower,
+                                       "qps_vs_tower": r["qps"] / tower["texts_per_s"],
+                                       "p99_bound_ms": args.batch_wait_ms + 2 * tower["batch_ms"]})
+                        print(f"  round {n + 1}: QPS / tower {rounds[-1]['qps_vs_tower']:.3f}", flush=True)
         finally:
             proc.terminate()
             proc.wait(timeout=120)
@@ -194,27 +211,26 @@ def main() -> int:
         if batches:
             print(f"  server text batches over all runs: {batches[0]}", flush=True)
 
-    # The machine's speed drifts over a run of minutes; the tower is measured before and after the load runs
-    # and the ratios use the mean of the two.
-    tower_after = measure_tower("after the load runs")
-    tower = {key: (tower_before[key] + tower_after[key]) / 2 for key in ("one_text_ms", "batch_ms", "texts_per_s")}
-    tower.update(batch=args.batch_max, before=tower_before, after=tower_after)
+    tower = mean_tower(*towers) if towers else mean_tower(measure_tower("after the load runs"))
+    tower.update(batch=args.batch_max, measurements=towers)
 
     def pick(batching, c):
         return next((r for r in runs if r["batching"] == batching and r["concurrency"] == c), None)
 
     goals = {}
-    if pick(True, 32):
-        goals["qps_c32_vs_tower"] = {"value": pick(True, 32)["qps"] / tower["texts_per_s"], "goal": ">= 0.9"}
-        goals["p99_c32_ms"] = {"value": pick(True, 32)["p99_ms"],
-                               "goal": f"<= {args.batch_wait_ms + 2 * tower['batch_ms']:.0f} (max wait + 2 batches)"}
-        goals["p99_c32_ms"]["met"] = goals["p99_c32_ms"]["value"] <= args.batch_wait_ms + 2 * tower["batch_ms"]
+    if rounds:
+        median_round = sorted(rounds, key=lambda r: r["qps_vs_tower"])[(len(rounds) - 1) // 2]
+        goals["qps_c32_vs_tower"] = {"value": median_round["qps_vs_tower"], "goal": ">= 0.9",
+                                     "rounds": [r["qps_vs_tower"] for r in rounds]}
         goals["qps_c32_vs_tower"]["met"] = goals["qps_c32_vs_tower"]["value"] >= 0.9
+        worst = max(rounds, key=lambda r: r["p99_ms"] / r["p99_bound_ms"])  # each round against its own tower
+        goals["p99_c32_ms"] = {"value": worst["p99_ms"], "goal": f"<= {worst['p99_bound_ms']:.0f} (max wait + 2 batches)"}
+        goals["p99_c32_ms"]["met"] = worst["p99_ms"] <= worst["p99_bound_ms"]
     if pick(True, 1):
-        # Two readings of "p50 minus the model's own time": against the tower's one-text time measured before
-        # the server started (noisy: a single text's forward varies by +-10% from call to call), and per
-        # request against the encode time the server itself reports for that request (tokenize + batcher
-        # hand-off + forward), which cancels the model's variance. The goal is judged on the second.
+        # "p50 minus the model's own time", per request: client latency - the encode time the server reports
+        # for that request (tokenize + batcher hand-off + forward), which cancels the model's own variance
+        # (a single text's forward moves by +-10% from call to call). The difference from the tower's
+        # one-text time is recorded too.
         goals["c1_overhead_ms"] = {"value": pick(True, 1)["p50_beyond_encode_ms"], "goal": "<= 3",
                                    "vs_tower_one_text_ms": pick(True, 1)["p50_ms"] - tower["one_text_ms"]}
         goals["c1_overhead_ms"]["met"] = goals["c1_overhead_ms"]["value"] <= 3.0
@@ -227,8 +243,9 @@ def main() -> int:
                        "load_average_at_end": os.getloadavg()},
            "settings": {"items": args.items, "batch_max": args.batch_max, "batch_wait_ms": args.batch_wait_ms,
                         "requests_per_client": args.requests_per_client, "c1_requests": args.c1_requests,
+                        "rounds": args.rounds,
                         "index": "flat", "top_k": 10},
-           "tower": tower, "runs": runs, "goals": goals,
+           "tower": tower, "runs": runs, "c32_rounds": rounds, "goals": goals,
            "command": "python bench/serving.py " + " ".join(sys.argv[1:])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))

@@ -59,6 +59,7 @@ class Batcher:
         self._closed = False
         self.batches = 0          # statistics, for tests and benchmarks
         self.batched_inputs = 0
+        self.busy_s = 0.0         # time spent in fn
         self._worker = threading.Thread(target=self._run, name=f"{name}-worker", daemon=True)
         self._worker.start()
 
@@ -129,6 +130,7 @@ class Batcher:
 
     def _call(self, batch: list[tuple[Any, Future]]) -> None:
         items = [item for item, _ in batch]
+        started = time.perf_counter()
         try:
             rows = self.fn(items)
             if len(rows) != len(items):
@@ -145,6 +147,7 @@ class Batcher:
             return
         self.batches += 1
         self.batched_inputs += len(items)
+        self.busy_s += time.perf_counter() - started
         for (_, future), row in zip(batch, rows):
             future.set_result(row)
 
@@ -184,11 +187,12 @@ class BatchedEncoder:
         return self._encode(self._images, self.encoder.encode_images, images, timeout)
 
     @property
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
         if not self.enabled:
             return {}
-        return {"text_batches": self._texts.batches, "text_inputs": self._texts.batched_inputs,
-                "image_batches": self._images.batches, "image_inputs": self._images.batched_inputs}
+        return {f"{kind}_{stat}": value for kind, batcher in (("text", self._texts), ("image", self._images))
+                for stat, value in (("batches", batcher.batches), ("inputs", batcher.batched_inputs),
+                                    ("busy_s", batcher.busy_s))}
 
     def close(self) -> None:
         for batcher in (self._texts, self._images):

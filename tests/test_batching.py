@@ -148,7 +148,9 @@ def test_batched_encoder_matches_the_model(tiny_siglip_dir):
         with ThreadPoolExecutor(6) as pool:
             rows = list(pool.map(lambda t: batched.encode_texts([t])[0], texts))
         assert batched.dim == enc.dim and batched.name == enc.name
-        assert batched.stats["text_inputs"] == len(texts)
+        stats = batched.stats
+        assert stats["text_inputs"] == len(texts) and 3 <= stats["text_batches"] < len(texts)
+        assert stats["text_busy_s"] > 0 and stats["image_batches"] == stats["image_busy_s"] == 0
     finally:
         batched.close()
     np.testing.assert_allclose(np.stack(rows), direct, atol=1e-5)
