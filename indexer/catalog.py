@@ -37,7 +37,7 @@ SCHEMA_VERSION = 1
 
 # int64 ids; on SQLite the primary key must be plain INTEGER to be the auto-incrementing rowid.
 Int64 = BigInteger().with_variant(Integer, "sqlite")
-# JSON everywhere; JSONB on PostgreSQL so metadata filters can use GIN indexes.
+# JSON everywhere; JSONB on PostgreSQL so metadata filters can use a GIN index (ix_items_meta).
 Json = JSON().with_variant(JSONB(), "postgresql")
 
 
@@ -117,6 +117,9 @@ class Item(Base):
               sqlite_where=text("deleted = 0"), postgresql_where=text("deleted = false")),
         Index("ix_items_uri", "collection_id", "uri"),
         Index("ix_items_rev", "collection_id", "rev"),
+        # Metadata equality filters (search/filters.py adds `meta @> {...}`) find their rows through it.
+        Index("ix_items_meta", "meta", postgresql_using="gin",
+              postgresql_ops={"meta": "jsonb_path_ops"}).ddl_if(dialect="postgresql"),
     )
 
     def vector_array(self) -> np.ndarray:

@@ -32,7 +32,8 @@ import re
 from dataclasses import dataclass
 from typing import Union
 
-from sqlalchemy import and_, case, false, func, literal, not_, or_, true
+from sqlalchemy import and_, case, false, func, literal, not_, or_, true, type_coerce
+from sqlalchemy.dialects import postgresql
 
 from encoders.errors import InvalidInput
 
@@ -430,14 +431,24 @@ class _SQL:
             extracted = raw
         else:
             node = meta[keys]
-            typeof = func.jsonb_typeof if _is_jsonb(meta) else func.json_typeof
-            json_type = typeof(node)
+            jsonb = _is_jsonb(meta)
+            json_type = (func.jsonb_typeof if jsonb else func.json_typeof)(node)
             if kind == "bool":
-                return func.coalesce(and_(json_type == literal("boolean"),
-                                          node.as_string() == literal("true" if (value == (op == "=")) else "false")),
-                                     False)
-            guard = json_type == literal("number" if kind == "number" else "string")
-            extracted = node.as_float() if kind == "number" else node.as_string()
+                condition = func.coalesce(and_(json_type == literal("boolean"),
+                                               node.as_string() == literal("true" if (value == (op == "=")) else "false")),
+                                          False)
+            else:
+                guard = json_type == literal("number" if kind == "number" else "string")
+                extracted = node.as_float() if kind == "number" else node.as_string()
+                condition = case((guard, _apply(extracted, op, value)), else_=false())
+            if jsonb and op == "=":
+                # Implied by the condition (equal JSON values at that path), and answerable from the GIN
+                # index on meta, so a selective equality or IN filter does not read the whole collection.
+                contained: object = value
+                for key in reversed(keys):
+                    contained = {key: contained}
+                return and_(type_coerce(meta, postgresql.JSONB()).contains(contained), condition)
+            return condition
         # CASE keeps the cast from ever seeing a value of another type (PostgreSQL would raise).
         return case((guard, _apply(extracted, op, value)), else_=false())
 
@@ -449,8 +460,6 @@ def _apply(expr, op: str, value):
 
 
 def _is_jsonb(column) -> bool:
-    from sqlalchemy.dialects import postgresql
-
     impl = column.type.dialect_impl(postgresql.dialect())
     return isinstance(impl, postgresql.JSONB)
 

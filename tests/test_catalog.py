@@ -195,3 +195,28 @@ def test_kept_read_connections_survive_a_postgres_restart(pg_url):  # noqa: F811
     assert cat.collection_state("c")[1] == 1
     assert len(cat.items_by_id(coll.id, cat.select_ids(coll.id))) == 2
     cat.close()
+
+
+def test_metadata_equality_filters_use_the_gin_index_on_postgres(pg_url):  # noqa: F811
+    from psycopg.types.json import Jsonb
+
+    from search.filters import compile_filter
+
+    cat = Catalog(pg_url)
+    coll = cat.create_collection("c", encoder_name="m", encoder_family="siglip", encoder_digest="d" * 32, dim=DIM)
+    with cat.write(coll.id) as (s, rev):
+        s.add_all(Item(collection_id=coll.id, uri=f"/{i}.jpg", sha256=f"{i:064x}", width=1, height=1, vector=b"",
+                       meta={"tag": "rare" if i % 500 == 0 else "common", "exif": {"iso": i % 7}}, rev=rev)
+                  for i in range(3000))
+    with cat.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE items")
+        for flt in ('meta.tag = "rare"', 'meta.tag IN ("rare", "gone") AND width = 1'):
+            stmt = select(Item.id).where(cat.live(coll.id), compile_filter(flt, Item, cat.dialect))
+            compiled = stmt.compile(dialect=cat.engine.dialect)
+            # the driver's forms of what SQLAlchemy binds: JSON documents and JSON paths (text arrays)
+            params = {k: Jsonb(v) if isinstance(v, dict) else list(v) if isinstance(v, tuple) else v
+                      for k, v in compiled.params.items()}
+            plan = "\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {compiled}", params))
+            assert "ix_items_meta" in plan, plan
+            assert len(conn.execute(stmt).all()) == 6
+    cat.close()

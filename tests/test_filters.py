@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql
 
 from indexer.catalog import Catalog, Item
+from postgres import postgres_server  # noqa: F401  (fixture)
 from search import filters
 from search.filters import BoolOp, Compare, Field, FilterError, In, Literal, Not, compile_filter, parse, to_sql
 
@@ -27,9 +28,11 @@ ROWS = [  # (uri, width, height, caption, meta)
 ] + [(inj, 7, 7, inj, {"s": inj}) for inj in INJECTIONS]
 
 
-@pytest.fixture(scope="module")
-def catalog():
-    cat = Catalog("sqlite://")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def catalog(request):
+    """The rows above in a catalog on SQLite and on PostgreSQL: every semantic test runs on both."""
+    url = "sqlite://" if request.param == "sqlite" else request.getfixturevalue("postgres_server").new_database()
+    cat = Catalog(url)
     coll = cat.create_collection("f", encoder_name="m", encoder_family="siglip", encoder_digest="d", dim=2)
     ids = []
     with cat.write(coll.id) as (s, rev):
@@ -149,7 +152,9 @@ def test_postgresql_sql_is_parameterized_and_type_guarded():
     compiled = select(Item.id).where(cond).compile(dialect=postgresql.dialect())
     sql = str(compiled)
     assert "jsonb_typeof" in sql and "CASE WHEN" in sql
-    assert "'x'" not in sql and {"x", 2, 5} <= set(v for v in compiled.params.values() if not isinstance(v, (tuple, list)))
+    assert "'x'" not in sql and {"x", 2, 5} <= set(v for v in compiled.params.values() if not isinstance(v, (tuple, list, dict)))
+    # equality on metadata also asks for containment, which the GIN index on meta answers
+    assert "items.meta @>" in sql and {"s": "x"} in compiled.params.values() and {"b": True} in compiled.params.values()
 
 
 # ---- property tests ---------------------------------------------------------------------------------
