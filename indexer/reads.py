@@ -25,6 +25,8 @@ CONNECTIONS_KEPT = 4  # the pool's default size is 5: writers keep at least one 
 
 
 class _Compiled:
+    """One statement compiled for one engine: its SQL, column names and the result processors it needs."""
+
     def __init__(self, statement, engine: Engine):
         dialect = engine.dialect
         self.compiled = statement.compile(dialect=dialect)
@@ -47,6 +49,9 @@ class _Compiled:
 
 
 class DriverReads:
+    """The request-path reads of one engine. Statements are module-level constants: each is compiled on
+    first use and remembered by identity."""
+
     def __init__(self, engine: Engine):
         self.engine = engine
         self._kept: list = []  # pooled DBAPI connections held between reads
