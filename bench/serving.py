@@ -10,7 +10,8 @@ sending distinct texts back to back (closed loop).
 
 This machine's speed drifts by 10-30% over minutes (a shared VM), so the concurrency-32 batched run is
 done in `--rounds` rounds, each bracketed by measurements of the tower (server idle): a round's ratio uses
-the mean of the tower just before and just after it, and the goal is judged on the median round.
+the mean of the tower just before and just after it, and the goal is judged on the median round (the
+lower of the middle two when the count is even).
 
 Goals checked (and written to the JSON):
   qps_c32_batched >= 0.9 x tower texts/s (batch 32)

@@ -36,9 +36,9 @@ COUNT_WORDS = {1: ("a", "one", "a single"), 2: ("two", "a pair of"), 3: ("three"
 # ranges); training draws from TRAIN_SPACE only.
 DEMO_SPACE = 1
 TRAIN_SPACE = 2
-JPEG_SHARE = 0.25
+JPEG_SHARE = 0.25  # share of collection files written as JPEG (the rest PNG); training sees the same mix
 MAX_TILT = math.radians(30)  # rotated shapes are tilted by up to this much (a star upside down is still a star,
-# but a tiny ViT trained for minutes needs many more steps when any angle is possible)  # share of collection files written as JPEG (the rest PNG); training sees the same mix
+# but a tiny ViT trained for minutes needs many more steps when any angle is possible)
 
 
 @dataclass(frozen=True)
