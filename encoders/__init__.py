@@ -1,8 +1,8 @@
 """Pure-torch image and text encoders that load Hugging Face checkpoints directly."""
 
-from . import errors
-from .api import Captioner, DualEncoder, Reranker, load, load_captioner, load_reranker
-from .errors import CheckpointError, ImageError
+from mmsearch.errors import CheckpointError, ImageError
 
-__all__ = ["load", "load_reranker", "load_captioner", "DualEncoder", "Reranker", "Captioner", "errors",
+from .api import Captioner, DualEncoder, Reranker, load, load_captioner, load_reranker
+
+__all__ = ["load", "load_reranker", "load_captioner", "DualEncoder", "Reranker", "Captioner",
            "CheckpointError", "ImageError"]

@@ -9,7 +9,7 @@ from torch import nn
 
 from .api import DualEncoder, dual_encoder
 from .checkpoint import Checkpoint, Rule, build_on_meta, load_model
-from .errors import CheckpointError
+from mmsearch.errors import CheckpointError
 from .layers import (PatchEmbed, PostNormBlock, PreNormBlock, TextEmbeddings, bert_embedding_rules, bert_layer_rules,
                      clip_layer_rules, padding_mask)
 from .preprocess import ImagePreprocessor

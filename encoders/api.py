@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import Checkpoint, open_checkpoint
-from .errors import CheckpointError, InvalidInput
+from mmsearch.errors import CheckpointError, InvalidInput
 from .layers import l2_normalize
 from .preprocess import ImagePreprocessor
 from .tokenize import Tokenizer

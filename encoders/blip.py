@@ -19,7 +19,7 @@ from torch import nn
 
 from .api import DualEncoder, captioner, dual_encoder, reranker
 from .checkpoint import Checkpoint, Rule, build_on_meta, load_model, rows
-from .errors import CheckpointError, InvalidInput
+from mmsearch.errors import CheckpointError, InvalidInput
 from .generate import LayerCaches, generate
 from .layers import (PatchEmbed, PostNormBlock, PreNormBlock, TextEmbeddings, activation, bert_embedding_rules,
                      bert_layer_rules, causal_padding_mask, padding_mask)

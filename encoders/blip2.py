@@ -26,7 +26,7 @@ from torch import nn
 from .api import captioner, reranker
 from .blip import BlipVision, vision_config, vision_rules
 from .checkpoint import Checkpoint, Rule, build_on_meta, load_model
-from .errors import CheckpointError, InvalidInput
+from mmsearch.errors import CheckpointError, InvalidInput
 from .generate import LayerCaches, generate
 from .layers import MLP, KVCache, PostNormBlock, padding_mask
 from .opt import OPTDecoder, opt_ignored, opt_rules

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .errors import CheckpointError, NotFound
+from mmsearch.errors import CheckpointError, NotFound
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 

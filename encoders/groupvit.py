@@ -13,7 +13,7 @@ from torch import nn
 
 from .api import DualEncoder, dual_encoder
 from .checkpoint import Checkpoint, Rule, build_on_meta, load_model
-from .errors import InvalidInput
+from mmsearch.errors import InvalidInput
 from .layers import MLP, Attention, PatchEmbed, PreNormBlock, clip_layer_rules, l2_normalize
 from .preprocess import ImagePreprocessor
 from .tokenize import load_tokenizer

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import Rule
-from .errors import CheckpointError
+from mmsearch.errors import CheckpointError
 from .layers import KVCache, PreNormBlock, causal_padding_mask
 
 POSITION_OFFSET = 2

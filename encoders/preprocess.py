@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import CheckpointError, ImageError, TooLarge
+from mmsearch.errors import CheckpointError, ImageError, TooLarge
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger files are refused as likely decompression bombs
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from .api import DualEncoder, dual_encoder
 from .checkpoint import Checkpoint, Rule, build_on_meta, load_model, rows
-from .errors import CheckpointError
+from mmsearch.errors import CheckpointError
 from .layers import Attention, MLP, PatchEmbed, PreNormBlock, clip_layer_rules, padding_mask
 from .preprocess import ImagePreprocessor
 from .tokenize import load_tokenizer

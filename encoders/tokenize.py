@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .errors import CheckpointError
+from mmsearch.errors import CheckpointError
 
 
 @dataclass

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-from encoders.errors import Conflict, InvalidInput, MMSearchError, NotFound
+from mmsearch.errors import CatalogError, Conflict, InvalidInput, NotFound
 from indexer.reads import DriverReads
 
 SCHEMA_VERSION = 1
@@ -43,12 +43,6 @@ Json = JSON().with_variant(JSONB(), "postgresql")
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-
-
-class CatalogError(MMSearchError):
-    """The catalog database cannot be opened or used (wrong URL, newer schema, unreachable server)."""
-
-    exit_code = 7
 
 
 class Base(DeclarativeBase):

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import update
 
-from encoders.errors import InvalidInput, MMSearchError
+from mmsearch.errors import InvalidInput, MMSearchError, NothingIndexed
 from encoders.preprocess import DEFAULT_MAX_PIXELS, load_image
 from indexer.catalog import Job, JobError, utcnow
 from indexer.sources import SourceItem, check_paths, count_paths, iter_objects, iter_paths
@@ -44,12 +44,6 @@ from indexer.store import CollectionHandle, Store, UpsertRow
 log = logging.getLogger("mmsearch.indexer")
 
 CAPTION_THUMB = 512  # images handed to the captioner are at most this many pixels on a side
-
-
-class NothingIndexed(MMSearchError):
-    """A job in which every input failed."""
-
-    exit_code = 8
 
 
 @dataclass

@@ -27,7 +27,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from encoders.errors import InvalidInput
+from mmsearch.errors import InvalidInput
 
 IMAGE_EXTENSIONS = frozenset(
     "jpg jpeg jpe jfif png gif bmp dib tif tiff webp ico jp2 j2k jpf jpx ppm pgm pbm pnm pfm tga psd avif "

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from encoders.errors import Conflict, InvalidInput
+from mmsearch.errors import Conflict, InvalidInput
 from indexer.catalog import Catalog, Collection, Item, ItemRow, database_url
 from indexer.vectors import IndexFileError, IndexSpec, VectorIndex, normalize_rows
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from encoders.errors import InvalidInput
+from mmsearch.errors import InvalidInput
 
 log = logging.getLogger("mmsearch.indexer")
 

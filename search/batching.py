@@ -25,14 +25,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from encoders.errors import MMSearchError
+from mmsearch.errors import DeadlineExceeded, Unavailable
 
 
-class DeadlineExceeded(MMSearchError, TimeoutError):
-    """The caller's deadline passed while its inputs waited for or ran in a batch."""
-
-
-class BatcherClosed(MMSearchError, RuntimeError):
+class BatcherClosed(Unavailable):
     """The batcher was closed (server shutting down)."""
 
 

@@ -1,7 +1,7 @@
 """The `mmsearch` command.
 
 Each subcommand is a `cmd_<name>(args) -> int` function registered in `build_parser`. User errors
-(`encoders.errors.MMSearchError`) end the command with one line on stderr and the error's exit code.
+(`MMSearchError`) end the command with one line on stderr and the error's exit code.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from encoders.errors import MMSearchError
+from mmsearch.errors import InvalidInput, MMSearchError
 
 
 def default_data_dir() -> str:
@@ -25,7 +25,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from encoders.preprocess import load_image
 
     if not args.text and not args.image:
-        raise encoders.errors.InvalidInput("embed: give at least one --text or --image")
+        raise InvalidInput("embed: give at least one --text or --image")
     enc = encoders.load(args.model, device=args.device, dtype=args.dtype)
     rows: list[tuple[str, str, np.ndarray]] = []
     if args.text:
@@ -68,7 +68,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         elif store.catalog.find_collection(args.collection) is not None:
             enc = store.encoder_for(args.collection, device=args.device)
         else:
-            raise encoders.errors.InvalidInput(f"index: collection {args.collection!r} is new: give --model")
+            raise InvalidInput(f"index: collection {args.collection!r} is new: give --model")
         captioner = encoders.load_captioner(args.caption, device=args.device) if args.caption else None
         result = index_paths(store, args.collection, enc, args.paths, options, captioner=captioner,
                              index_spec=args.index)
@@ -91,7 +91,6 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from encoders.errors import InvalidInput
     from indexer.catalog import Item
     from search.filters import compile_filter
 
@@ -164,7 +163,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _query_via_server(args: argparse.Namespace, image: bytes | None) -> dict:
     import grpc
 
-    from encoders.errors import Conflict, InvalidInput, NotFound, TooLarge
+    from mmsearch.errors import Conflict, InvalidInput, NotFound, TooLarge
     from search.client import SearchClient
 
     token = args.token or os.environ.get("MMSEARCH_TOKEN") or None
@@ -205,7 +204,6 @@ def _query_local(args: argparse.Namespace, image: bytes | None) -> dict:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from encoders.errors import InvalidInput
 
     if (args.text is None) == (args.image is None):
         raise InvalidInput("query: give either TEXT or --image FILE")
@@ -234,7 +232,6 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from encoders.errors import InvalidInput
     from search.demo.run import run_demo
 
     if not 20 <= args.images <= 100_000:

@@ -35,7 +35,7 @@ from typing import Union
 from sqlalchemy import and_, case, false, func, literal, not_, or_, true, type_coerce
 from sqlalchemy.dialects import postgresql
 
-from encoders.errors import InvalidInput
+from mmsearch.errors import InvalidInput
 
 MAX_FILTER_CHARS = 8192
 MAX_DEPTH = 64        # nesting of parentheses / NOT, so a hostile filter cannot exhaust the stack

@@ -30,10 +30,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from encoders.errors import InvalidInput, NotFound
+from mmsearch.errors import DeadlineExceeded, InvalidInput, NotFound
 from indexer.catalog import Item, ItemRow
 from search import filters
-from search.batching import BatchedEncoder, DeadlineExceeded
+from search.batching import BatchedEncoder
 
 log = logging.getLogger("mmsearch.search")
 

@@ -40,7 +40,7 @@ from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from encoders.errors import CheckpointError, Conflict, ImageError, InvalidInput, MMSearchError, NotFound, TooLarge
+from mmsearch.errors import CheckpointError, Conflict, ImageError, InvalidInput, MMSearchError, NotFound, TooLarge
 from protos.mmsearch.v1 import search_pb2 as pb
 from protos.mmsearch.v1 import search_pb2_grpc as pb_grpc
 from search.batching import BatcherClosed, DeadlineExceeded

@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from search.batching import BatchedEncoder, Batcher, BatcherClosed, DeadlineExceeded
+from mmsearch.errors import DeadlineExceeded
+from search.batching import BatchedEncoder, Batcher, BatcherClosed
 
 
 class Recorder:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import encoders
-from encoders.errors import CheckpointError
+from mmsearch.errors import CheckpointError, InvalidInput
 from images import TEXTS, mixed_batch, random_image
 
 MAX_LENGTH = 40  # the tiny tokenizer's model_max_length (= max_position_embeddings)
@@ -109,7 +109,7 @@ def test_blip_itm_matches_transformers(layout, blip_dirs, reference_retrieval):
     assert probs.dtype == np.float32 and probs.shape == (len(texts),)
     assert np.abs(probs - ref).max() <= 1e-4
     assert rr.score([], []).shape == (0,)
-    with pytest.raises(encoders.errors.InvalidInput, match="as many images as texts"):
+    with pytest.raises(InvalidInput, match="as many images as texts"):
         rr.score(images[:2], texts[:3])
 
 
@@ -185,7 +185,7 @@ def test_blip_captions_stop_early_and_batch(blip_dirs, reference_captioning):
     cap.image_batch = 3
     assert cap.caption(images, max_new_tokens=20) == ref_text
     assert cap.caption([]) == []
-    with pytest.raises(encoders.errors.InvalidInput):
+    with pytest.raises(InvalidInput):
         cap.caption(images, num_beams=0)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import encoders
-from encoders.errors import CheckpointError, InvalidInput
+from mmsearch.errors import CheckpointError, InvalidInput
 from images import TEXTS, mixed_batch
 
 PROMPT = "Question: what is shown? Answer:"

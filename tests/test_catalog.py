@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
-from encoders.errors import Conflict, NotFound
-from indexer.catalog import SCHEMA_VERSION, Catalog, CatalogError, Item, database_url
+from mmsearch.errors import CatalogError, Conflict, NotFound
+from indexer.catalog import SCHEMA_VERSION, Catalog, Item, database_url
 from indexer.store import Store
 from indexer_helpers import FakeBinding, add_rows, assert_index_matches_catalog, clustered
 from postgres import pg_url, postgres_server  # noqa: F401  (fixtures)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 import encoders
 from encoders.checkpoint import open_checkpoint, resolve
-from encoders.errors import CheckpointError, NotFound
+from mmsearch.errors import CheckpointError, InvalidInput, NotFound
 from images import TEXTS, mixed_batch
 
 
@@ -146,10 +146,10 @@ def test_hub_id_offline_says_what_to_do(tmp_path, monkeypatch):
 
 
 def test_dtype_and_device_checked(tiny_siglip_dir):
-    with pytest.raises(encoders.errors.InvalidInput, match="float16 is for CUDA"):
+    with pytest.raises(InvalidInput, match="float16 is for CUDA"):
         encoders.load(str(tiny_siglip_dir), dtype="float16")
-    with pytest.raises(encoders.errors.InvalidInput, match="unknown dtype"):
+    with pytest.raises(InvalidInput, match="unknown dtype"):
         encoders.load(str(tiny_siglip_dir), dtype="int3")
     if not torch.cuda.is_available():
-        with pytest.raises(encoders.errors.InvalidInput, match="no CUDA GPU"):
+        with pytest.raises(InvalidInput, match="no CUDA GPU"):
             encoders.load(str(tiny_siglip_dir), device="cuda")

@@ -9,6 +9,7 @@ import torch
 
 import encoders
 from encoders.groupvit import segment
+from mmsearch.errors import InvalidInput
 from images import TEXTS, mixed_batch, random_image
 from reference import assert_matches_reference, dual_encoder_reference
 
@@ -69,10 +70,10 @@ def test_groupvit_segmentation_matches_transformers(layout, groupvit_dirs):
 
 def test_groupvit_segment_refuses_bad_input(groupvit_dirs):
     enc = encoders.load(str(groupvit_dirs[0]))
-    with pytest.raises(encoders.errors.InvalidInput, match="at least one text"):
+    with pytest.raises(InvalidInput, match="at least one text"):
         enc.segment(random_image(40, 40), [])
     siglip_like = object()
-    with pytest.raises(encoders.errors.InvalidInput, match="GroupViT"):
+    with pytest.raises(InvalidInput, match="GroupViT"):
         segment(siglip_like, random_image(40, 40), LABELS)
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import encoders
-from encoders.errors import Conflict, InvalidInput
+from mmsearch.errors import Conflict, InvalidInput, NothingIndexed
 from encoders.preprocess import load_image
 from images import random_image
 from indexer.catalog import Item
-from indexer.jobs import JobOptions, NothingIndexed, index_objects, index_paths
+from indexer.jobs import JobOptions, index_objects, index_paths
 from indexer.store import Store
 from indexer_helpers import assert_index_matches_catalog
 from postgres import pg_url, postgres_server  # noqa: F401  (fixtures)

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 import encoders
-from encoders.errors import Conflict, InvalidInput, NotFound
+from mmsearch.errors import Conflict, DeadlineExceeded, InvalidInput, NotFound
 from indexer.store import Store
-from search.batching import DeadlineExceeded
 from search.filters import FilterError
 from search.pipeline import Models, Query, Searcher
 from search_helpers import COLORS, brute_force, item_meta, png_bytes, populate

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import encoders
-from encoders.errors import ImageError, TooLarge
+from mmsearch.errors import ImageError, TooLarge
 from encoders.preprocess import ImagePreprocessor, load_image
 from images import mixed_batch, random_image
 

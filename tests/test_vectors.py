@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from encoders.errors import Conflict, InvalidInput
+from mmsearch.errors import Conflict, InvalidInput
 from indexer import vectors
 from indexer.store import Store
 from indexer.vectors import IndexFileError, IndexSpec, VectorIndex

@@ -61,7 +61,7 @@ def example_query(index: int) -> tuple[bytes, shapes.Query]:
 
 def _index(data_dir: Path, manifest: Path, n_images: int, model_dir: Path, *, workers: int | None, progress: bool, say) -> None:
     import encoders
-    from encoders.errors import Conflict
+    from mmsearch.errors import Conflict
     from indexer.jobs import JobOptions, index_paths
     from indexer.store import Store
 

@@ -1,0 +1,1 @@
+"""What encoders, indexer and search share: the error hierarchy (mmsearch.errors)."""
