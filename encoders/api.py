@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import Checkpoint, open_checkpoint
-from mmsearch.errors import CheckpointError, InvalidInput
+from mmsearch.errors import CheckpointError, InvalidInput, MMSearchError
 from .layers import l2_normalize
 from .preprocess import ImagePreprocessor
 from .tokenize import Tokenizer
@@ -85,7 +85,13 @@ def _build(table: dict[str, Builder], what: str, path_or_id, device, dtype):
         known = ", ".join(sorted(table)) or "none"
         raise CheckpointError(f"{ckpt.dir / 'config.json'}: model_type {ckpt.model_type!r} cannot be loaded as a {what} "
                               f"(supported: {known})")
-    return builder(ckpt, device, dtype)
+    try:
+        return builder(ckpt, device, dtype)
+    except MMSearchError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError) as exc:  # a config the family cannot build
+        raise CheckpointError(f"{ckpt.dir}: cannot build a {what} from this checkpoint "
+                              f"({type(exc).__name__}: {exc})") from exc
 
 
 def load(path_or_id: str | os.PathLike, device: str | torch.device | None = "cpu",

@@ -31,6 +31,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from mmsearch.errors import InvalidInput
+
 from .layers import KVCache
 
 
@@ -65,9 +67,9 @@ def generate(state: DecoderState, prompt_ids: torch.Tensor, *, eos_id: int, max_
     """Generate up to `max_new_tokens` after `prompt_ids` (B, T) for each row; stop a row at `eos_id`.
     Returns B lists: the prompt ids then the generated ids (ending with eos_id if it was produced)."""
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise InvalidInput(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if num_beams < 1:
-        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+        raise InvalidInput(f"num_beams must be >= 1, got {num_beams}")
     if prompt_ids.shape[0] == 0:
         return []
     fill = pad_id if pad_id is not None else eos_id

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import Rule
-from mmsearch.errors import CheckpointError
+from mmsearch.errors import CheckpointError, InvalidInput
 from .layers import KVCache, PreNormBlock, causal_padding_mask
 
 POSITION_OFFSET = 2
@@ -65,7 +65,8 @@ class OPTDecoder(nn.Module):
         next-token logits of the last position, (B, vocab)."""
         past, steps = len(cache[0]), embeds.shape[1]
         if past + steps > self.max_positions:
-            raise ValueError(f"OPT input of {past + steps} tokens exceeds its {self.max_positions} positions")
+            raise InvalidInput(f"the prompt and max_new_tokens together need {past + steps} positions; this OPT "
+                               f"model has {self.max_positions}")
         positions = torch.arange(past, past + steps, device=embeds.device) + POSITION_OFFSET
         x = embeds if self.project_in is None else self.project_in(embeds)
         x = x + self.embed_positions(positions)

@@ -72,6 +72,24 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image
 
 
+def image_size(data: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """(width, height) from the image header, without decoding the pixels (before any EXIF rotation);
+    ImageError when the bytes are not an image Pillow can read. For budgeting memory before load_image."""
+    if not data:
+        raise ImageError("empty image (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(bytes(data))) as image:
+                return image.size
+    except UnidentifiedImageError:
+        raise ImageError("not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as exc:
+        raise TooLarge(f"refused as a decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"corrupt or truncated image ({exc})") from None
+
+
 def load_image(source: str | os.PathLike | bytes | bytearray | memoryview, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode an image file or bytes to an RGB PIL image, or raise ImageError saying why not.

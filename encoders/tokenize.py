@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from mmsearch.errors import CheckpointError
+from mmsearch.errors import CheckpointError, InvalidInput
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Tokenizer:
 
     def encode(self, text: str, max_length: int | None = None) -> list[int]:
         if not isinstance(text, str):
-            raise TypeError(f"texts must be str, got {type(text).__name__}")
+            raise InvalidInput(f"texts must be str, got {type(text).__name__}")
         return self._encode(text, max_length or self.max_length)
 
     def __call__(self, texts: list[str], *, max_length: int | None = None, pad_to_max_length: bool | None = None) -> Encoded:

@@ -17,6 +17,12 @@ class MMSearchError(Exception):
     grpc_status = "INTERNAL"
     http_status = 500
 
+    def brief(self, limit: int = 1000) -> str:
+        """The message, cut to `limit` characters: messages quote the input they refuse, and a status
+        message of many kilobytes breaks clients (gRPC reports an over-long one as RESOURCE_EXHAUSTED)."""
+        text = str(self)
+        return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
+
 
 class InvalidInput(MMSearchError, ValueError):
     """Bad input from outside: an image, a filter, a size, a count (gRPC INVALID_ARGUMENT)."""
@@ -109,3 +115,12 @@ class Unauthenticated(MMSearchError):
     exit_code = 11
     grpc_status = "UNAUTHENTICATED"
     http_status = 401
+
+
+def error_for_status(name: str) -> type[MMSearchError]:
+    """The class a client raises for a status name it received (gRPC code name), so a remote error exits
+    the CLI with the same code a local one would. ALREADY_EXISTS and the like fall back to the base."""
+    for cls in (NotFound, InvalidInput, Busy, Conflict, DeadlineExceeded, Unavailable, Unauthenticated):
+        if cls.grpc_status == name:
+            return cls
+    return MMSearchError

@@ -71,6 +71,8 @@ class Batcher:
     def map(self, items: Sequence[Any], timeout: float | None = None) -> list[Any]:
         """Submit every item and wait for all rows; `timeout` is the caller's remaining deadline (s)."""
         futures = [self.submit(item) for item in items]
+        if timeout is not None and timeout >= threading.TIMEOUT_MAX:
+            timeout = None  # "no deadline" from a client can arrive as ~1e300 s; waits cannot take that
         end = None if timeout is None else time.monotonic() + timeout
         rows = []
         try:
@@ -158,6 +160,7 @@ class BatchedEncoder:
     def __init__(self, encoder, *, max_batch: int = 32, max_wait_ms: float = 2.0, enabled: bool = True):
         self.encoder = encoder
         self.enabled = enabled
+        self._retired = False
         self._texts = self._images = None
         if enabled:
             label = getattr(encoder, "name", "encoder")
@@ -172,9 +175,14 @@ class BatchedEncoder:
     def _encode(self, batcher: Batcher | None, direct, inputs: Sequence[Any], timeout: float | None) -> np.ndarray:
         if not inputs:
             return np.zeros((0, self.encoder.dim), dtype=np.float32)
-        if batcher is None:
+        if batcher is None or self._retired:
             return direct(list(inputs))
-        return np.stack(batcher.map(inputs, timeout)).astype(np.float32, copy=False)
+        try:
+            return np.stack(batcher.map(inputs, timeout)).astype(np.float32, copy=False)
+        except BatcherClosed:
+            if not self._retired:
+                raise
+            return direct(list(inputs))  # retired while this call waited: finish it without the batcher
 
     def encode_texts(self, texts: Sequence[str], timeout: float | None = None) -> np.ndarray:
         return self._encode(self._texts, self.encoder.encode_texts, texts, timeout)
@@ -191,6 +199,13 @@ class BatchedEncoder:
                                     ("busy_s", batcher.busy_s))}
 
     def close(self) -> None:
+        """Stop the batchers; later calls fail with BatcherClosed (the server is shutting down)."""
         for batcher in (self._texts, self._images):
             if batcher is not None:
                 batcher.close()
+
+    def retire(self) -> None:
+        """Stop the batchers but keep answering, on direct calls: the model was unloaded from the registry
+        while requests may still hold it; its memory goes with the last of them."""
+        self._retired = True
+        self.close()

@@ -14,6 +14,9 @@ import sys
 from mmsearch.errors import InvalidInput, MMSearchError
 
 
+DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+
+
 def default_data_dir() -> str:
     return os.environ.get("MMSEARCH_DATA", "./mmsearch-data")
 
@@ -69,7 +72,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             enc = store.encoder_for(args.collection, device=args.device)
         else:
             raise InvalidInput(f"index: collection {args.collection!r} is new: give --model")
-        captioner = encoders.load_captioner(args.caption, device=args.device) if args.caption else None
+        captioner = (encoders.load_captioner(args.caption, device=args.device, dtype=args.dtype)
+                     if args.caption else None)
         result = index_paths(store, args.collection, enc, args.paths, options, captioner=captioner,
                              index_spec=args.index)
     print(f"job {result.job_id}: {result.added} added, {result.updated} updated, {result.skipped} skipped, "
@@ -142,7 +146,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
-    from search.server import ServerConfig, serve
+    from search.config import ServerConfig
+    from search.server import serve
 
     token = args.token or os.environ.get("MMSEARCH_TOKEN") or None
     if args.token_file:
@@ -151,7 +156,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = dict(address=args.address, data_dir=args.data_dir, db=args.db, token=token, tls_cert=args.tls_cert,
                      tls_key=args.tls_key, workers=args.workers, max_message_mb=args.max_message_mb,
                      batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, device=args.device,
-                     batching=False if args.no_batching else None)
+                     dtype=args.dtype, batching=False if args.no_batching else None,
+                     default_deadline_s=args.default_deadline, health_grace_s=args.health_grace,
+                     allow_models=args.allow_model or None, preload=args.preload or None,
+                     image_roots=args.image_root or None)
     if args.config:
         config = ServerConfig.from_file(args.config, **overrides)
     else:
@@ -163,7 +171,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _query_via_server(args: argparse.Namespace, image: bytes | None) -> dict:
     import grpc
 
-    from mmsearch.errors import Conflict, InvalidInput, NotFound, TooLarge
+    from mmsearch.errors import error_for_status
     from search.client import SearchClient
 
     token = args.token or os.environ.get("MMSEARCH_TOKEN") or None
@@ -177,10 +185,8 @@ def _query_via_server(args: argparse.Namespace, image: bytes | None) -> dict:
                               rerank_model=args.rerank or "", rerank_depth=args.depth, include_metadata=True,
                               include_caption=True)
     except grpc.RpcError as exc:
-        errors = {grpc.StatusCode.INVALID_ARGUMENT: InvalidInput, grpc.StatusCode.NOT_FOUND: NotFound,
-                  grpc.StatusCode.RESOURCE_EXHAUSTED: TooLarge, grpc.StatusCode.FAILED_PRECONDITION: Conflict}
-        raise errors.get(exc.code(), MMSearchError)(f"{exc.code().name}: {exc.details()}") from None
-    from search.server import struct_to_dict
+        raise error_for_status(exc.code().name)(f"{exc.code().name}: {exc.details()}") from None
+    from search.grpc_api import struct_to_dict
 
     hits = [{"id": h.id, "score": h.score, "rerank_score": h.rerank_score if h.HasField("rerank_score") else None,
              "uri": h.uri, "caption": h.caption, "metadata": struct_to_dict(h.metadata)} for h in r.hits]
@@ -190,9 +196,10 @@ def _query_via_server(args: argparse.Namespace, image: bytes | None) -> dict:
 
 
 def _query_local(args: argparse.Namespace, image: bytes | None) -> dict:
-    from search.pipeline import Models, Query, Searcher
+    from search.models import Models
+    from search.pipeline import Query, Searcher
 
-    models = Models(batching=False, device=args.device)
+    models = Models(batching=False, device=args.device, dtype=args.dtype)
     with _open_store(args) as store:
         result = Searcher(store, models).search(Query(
             collection=args.collection, text=args.text, image=image, top_k=args.k, filter=args.filter or "",
@@ -251,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", default=[], help="an image file to embed (repeatable)")
     p.add_argument("--json", action="store_true", help="print full vectors as JSON")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 (CUDA)")
+    p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="float32 (default), bfloat16, float16 (CUDA)")
     p.set_defaults(func=cmd_embed)
 
     def data_args(p: argparse.ArgumentParser) -> None:
@@ -273,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", metavar="SPEC", help="index kind for a new collection: auto|flat|ivf[N]|hnsw[M]")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None)
+    p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="encoder and captioner weights")
     data_args(p)
     p.set_defaults(func=cmd_index)
 
@@ -314,7 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-max", type=int, default=None, help="largest encoder batch (default 32)")
     p.add_argument("--batch-wait-ms", type=float, default=None, help="longest wait to fill a batch (default 2)")
     p.add_argument("--no-batching", action="store_true", help="call the encoder once per request")
+    p.add_argument("--allow-model", action="append", default=[], metavar="MODEL",
+                   help="a model requests may name (rerank, caption, embed, new collections); repeatable")
+    p.add_argument("--preload", action="append", default=[], metavar="MODEL",
+                   help="a dual encoder to load at start (also allowed); repeatable")
+    p.add_argument("--image-root", action="append", default=[], metavar="DIR",
+                   help="a folder whose files the server may read (Upsert by path, rerank/captions); repeatable")
+    p.add_argument("--default-deadline", type=float, default=None, metavar="S",
+                   help="deadline for calls that carry none (default 120 s)")
+    p.add_argument("--health-grace", type=float, default=None, metavar="S",
+                   help="on SIGTERM, report NOT_SERVING this long before refusing calls (default 2 s)")
     p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
+                   help="model weights: float32 (default), bfloat16 (2-3x faster on AVX-512 CPUs), float16 (CUDA)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("query", help="search a collection, through a server (--server) or in a data directory")
@@ -332,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ca", help="PEM root certificate(s) for --tls")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds (with --server)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="model weights (without --server)")
     data_args(p)
     p.set_defaults(func=cmd_query)
 

@@ -1,8 +1,8 @@
 """Two-stage retrieval: encode the query -> ANN (filtered) -> fetch rows -> ITM rerank -> captions.
 
     store = Store.open(data_dir)
-    models = Models(batching=True)            # each model loaded once, shared by every collection using it
-    searcher = Searcher(store, models)
+    models = Models(batching=True)            # search/models.py: each model loaded once, shared
+    searcher = Searcher(store, models)        # image_roots=, pixel_budget= bound what a server reads
     result = searcher.search(Query(collection="photos", text="a red bicycle", top_k=10,
                                    filter='meta.license = "cc0"', rerank_model="path/to/blip-itm"))
 
@@ -15,25 +15,26 @@ fetch comes back short, the search falls back to the full id restriction.
 Reranking follows BLIP / BLIP-2: ITM on the top `depth` first-stage candidates (default 128, at most 256,
 never fewer than top_k when top_k fits in that cap), final order by ITM probability, ties by first-stage
 score; both scores are returned. Candidates whose image cannot be read keep only their first-stage score
-and follow the reranked ones.
+and follow the reranked ones. The pixels reranking and captions see are always what the item was made from
+(ItemImages); images are decoded lazily, in chunks, under the server's pixel budget (search/limits.py).
 """
 
 from __future__ import annotations
 
-import gc
+import hashlib
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from mmsearch.errors import DeadlineExceeded, InvalidInput, NotFound
 from indexer.catalog import Item, ItemRow
+from indexer.files import read_file
+from mmsearch.errors import DeadlineExceeded, InvalidInput, MMSearchError, NotFound
 from search import filters
-from search.batching import BatchedEncoder
+from search.limits import PixelBudget, decode_chunks
 
 log = logging.getLogger("mmsearch.search")
 
@@ -43,89 +44,6 @@ MAX_RERANK_DEPTH = 256
 SELECTOR_MAX_IDS = 20_000
 RERANK_CHUNK = 32
 CANDIDATE_IMAGE_DRAFT = (384, 384)  # decode JPEG candidates no larger than the rerankers need
-
-
-# -- models ---------------------------------------------------------------------------------------------
-
-class Models:
-    """Encoders, rerankers and captioners by name, each loaded once (on first use) and shared.
-
-    Dual encoders are wrapped in a BatchedEncoder so concurrent requests share model calls. `allow`, when
-    given, is the set of model names requests may load (collections' own encoders are always allowed)."""
-
-    def __init__(self, *, batching: bool = True, max_batch: int = 32, max_wait_ms: float = 2.0,
-                 device: str = "cpu", dtype: str | None = None, allow: Sequence[str] | None = None):
-        self.batching, self.max_batch, self.max_wait_ms = batching, max_batch, max_wait_ms
-        self.device, self.dtype = device, dtype
-        self.allow = None if allow is None else set(allow)
-        self._cache: dict[tuple[str, str], Any] = {}
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._lock = threading.Lock()
-
-    def _get(self, kind: str, name: str, loader, *, trusted: bool = False):
-        if not name or not name.strip():
-            raise InvalidInput(f"{kind} model name is empty")
-        if not trusted and self.allow is not None and name not in self.allow:
-            raise InvalidInput(f"model {name!r} is not served here; allowed: {', '.join(sorted(self.allow)) or 'none'}")
-        key = (kind, name)
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:  # one load per model even when many requests ask at once
-            if key not in self._cache:
-                log.info("loading %s model %s", kind, name)
-                self._cache[key] = loader(name)
-                _freeze_long_lived()
-            return self._cache[key]
-
-    def dual(self, name: str, *, trusted: bool = False) -> BatchedEncoder:
-        import encoders
-
-        def load(n):
-            return BatchedEncoder(encoders.load(n, device=self.device, dtype=self.dtype), enabled=self.batching,
-                                  max_batch=self.max_batch, max_wait_ms=self.max_wait_ms)
-        return self._get("dual", name, load, trusted=trusted)
-
-    def for_collection(self, handle) -> BatchedEncoder:
-        enc = self.dual(handle.row.encoder_name, trusted=True)
-        handle.check_encoder(enc)
-        return enc
-
-    def reranker(self, name: str):
-        import encoders
-
-        return self._get("rerank", name, lambda n: encoders.load_reranker(n, device=self.device, dtype=self.dtype))
-
-    def captioner(self, name: str):
-        import encoders
-
-        return self._get("caption", name, lambda n: encoders.load_captioner(n, device=self.device, dtype=self.dtype))
-
-    def loaded(self) -> list[str]:
-        with self._lock:
-            return [f"{kind}:{name}" for kind, name in self._cache]
-
-    def close(self) -> None:
-        with self._lock:
-            models = list(self._cache.values())
-        for model in models:
-            if isinstance(model, BatchedEncoder):
-                model.close()
-                stats = model.stats
-                for kind in ("text", "image"):
-                    if stats.get(f"{kind}_batches"):
-                        log.info("%s %s batches: %d for %d inputs (mean %.1f), model busy %.1f s", model.name, kind,
-                                 stats[f"{kind}_batches"], stats[f"{kind}_inputs"],
-                                 stats[f"{kind}_inputs"] / stats[f"{kind}_batches"], stats[f"{kind}_busy_s"])
-
-
-def _freeze_long_lived() -> None:
-    """Take everything alive now (a model just loaded: modules, tokenizer tables) out of the cyclic
-    collector's reach. Left in, every full collection walks them: ~350k objects and 200 ms with a base
-    SigLIP loaded, the GIL held all along, so every request in flight stalls."""
-    gc.collect()
-    gc.freeze()
 
 
 # -- requests and results -------------------------------------------------------------------------------
@@ -194,69 +112,98 @@ def image_blob_path(data_dir: str, sha256: str) -> str:
     return os.path.join(data_dir, "images", sha256[:2], sha256)
 
 
-def load_item_image(item: ItemRow, image_dir: str | None = None):
-    """An item's image: the local file its uri names, else the copy kept by Upsert under `image_dir`."""
-    from encoders.preprocess import load_image
+class ItemImages:
+    """The pixels of stored items, for the stages that need them (rerank, captions): always what the item
+    was made from. First the server's own copy of uploaded bytes (content-addressed by the item's
+    sha256); else the file the uri names, only when it lies under `roots` (None: any path, for the
+    operator's own CLI) and only when its bytes still hash to the item's sha256. So an item uploaded as
+    bytes under a made-up uri can never read the file that uri names."""
 
-    uri = item.uri[len("file://"):] if item.uri.startswith("file://") else item.uri
-    if os.path.isabs(uri) and os.path.exists(uri):
-        return load_image(uri, draft_size=CANDIDATE_IMAGE_DRAFT)
-    if image_dir is not None and os.path.exists(image_blob_path(image_dir, item.sha256)):
-        return load_image(image_blob_path(image_dir, item.sha256), draft_size=CANDIDATE_IMAGE_DRAFT)
-    raise InvalidInput(f"item {item.id}: no image file at {item.uri!r}")
+    def __init__(self, data_dir: str | None, roots: list[str] | None, *, max_bytes: int = 256 << 20):
+        from indexer.files import normalize_roots
 
+        self.data_dir = data_dir
+        self.roots = None if roots is None else normalize_roots(roots)
+        self.max_bytes = max_bytes
 
-def query_vector(query: Query, handle, models: Models, deadline: float | None) -> tuple[np.ndarray, str | None]:
-    """The (dim,) query vector and the text to rerank with (None when there is none)."""
-    from encoders.preprocess import load_image
-
-    kinds = [k for k, v in (("text", query.text), ("image", query.image), ("vector", query.vector),
-                            ("item_id", query.item_id)) if v is not None]
-    if not kinds:
-        raise InvalidInput("empty query: give a text, an image, a vector or an item id")
-    if len(kinds) > 1:
-        raise InvalidInput(f"give one query, not {' and '.join(kinds)}")
-    rerank_text = (query.rerank_text or "").strip() or None
-    if query.text is not None:
-        if not query.text.strip():
-            raise InvalidInput("empty query: the text is empty")
-        enc = models.for_collection(handle)
-        vec = enc.encode_texts([query.text], timeout=remaining(deadline, "encoding the query"))[0]
-        return vec, rerank_text or query.text
-    if query.image is not None:
-        if len(query.image) == 0:
-            raise InvalidInput("empty query: the image has 0 bytes")
-        image = load_image(bytes(query.image))
-        enc = models.for_collection(handle)
-        return enc.encode_images([image], timeout=remaining(deadline, "encoding the query"))[0], rerank_text
-    if query.vector is not None:
-        vec = np.asarray(query.vector, dtype=np.float32).reshape(-1)
-        if vec.size == 0:
-            raise InvalidInput("empty query: the vector has no values")
-        if vec.size != handle.dim:
-            raise InvalidInput(f"query vector has {vec.size} values; collection {handle.name!r} has dim {handle.dim}")
-        if not np.isfinite(vec).all():
-            raise InvalidInput("query vector contains NaN or infinity")
-        if not np.any(vec):
-            raise InvalidInput("query vector is all zeros")
-        return vec, rerank_text
-    rows = handle.get([int(query.item_id)])
-    if int(query.item_id) not in rows:
-        raise NotFound(f"item {query.item_id} is not in collection {handle.name!r}")
-    return rows[int(query.item_id)].vector_array().copy(), rerank_text
+    def data(self, item: ItemRow) -> bytes:
+        """The image bytes of `item`, or InvalidInput / NotFound saying why there are none."""
+        if self.data_dir is not None:
+            blob = image_blob_path(self.data_dir, item.sha256)
+            if os.path.exists(blob):
+                return read_file(blob, max_bytes=self.max_bytes)
+        path = item.uri[len("file://"):] if item.uri.startswith("file://") else item.uri
+        if not os.path.isabs(path):
+            raise NotFound(f"item {item.id}: no stored copy of its image and {item.uri!r} is not a server path")
+        data = read_file(path, max_bytes=self.max_bytes, roots=self.roots)
+        if hashlib.sha256(data).hexdigest() != item.sha256:
+            raise InvalidInput(f"item {item.id}: {path} has changed since it was indexed")
+        return data
 
 
 # -- the searcher -------------------------------------------------------------------------------------------
 
 class Searcher:
-    """Runs queries against one Store with one Models registry. Thread-safe."""
+    """Runs queries against one Store with one Models registry (search/models.py). Thread-safe.
 
-    def __init__(self, store, models: Models, *, default_depth: int = DEFAULT_RERANK_DEPTH,
-                 max_depth: int = MAX_RERANK_DEPTH, selector_max_ids: int = SELECTOR_MAX_IDS):
+    `image_roots`: folders whose files the rerank / caption stages may read (None: any, for the CLI);
+    `pixel_budget`: the server's PixelBudget for decoded images (None: unbounded, for the CLI);
+    `max_image_pixels`: one image's limit."""
+
+    def __init__(self, store, models, *, default_depth: int = DEFAULT_RERANK_DEPTH,
+                 max_depth: int = MAX_RERANK_DEPTH, selector_max_ids: int = SELECTOR_MAX_IDS,
+                 image_roots: list[str] | None = None, pixel_budget: PixelBudget | None = None,
+                 max_image_pixels: int | None = 100_000_000):
         self.store, self.models = store, models
-        self.image_dir = store.data_dir
+        self.images = ItemImages(store.data_dir, image_roots)
         self.default_depth, self.max_depth = default_depth, max_depth
         self.selector_max_ids = selector_max_ids
+        self.pixel_budget, self.max_image_pixels = pixel_budget, max_image_pixels
+
+    def decode(self, blobs, deadline, *, label=lambda i: f"images[{i}]", draft_size=None, on_error=None,
+               chunk_count: int = RERANK_CHUNK):
+        """Lazily decoded chunks of [(position, image)] under the pixel budget (see search/limits.py)."""
+        return decode_chunks(blobs, budget=self.pixel_budget, chunk_pixels=self.max_image_pixels or float("inf"),
+                             chunk_count=chunk_count, deadline=deadline, max_image_pixels=self.max_image_pixels,
+                             label=label, draft_size=draft_size, on_error=on_error)
+
+    def query_vector(self, query: Query, handle, deadline: float | None) -> tuple[np.ndarray, str | None]:
+        """The (dim,) query vector and the text to rerank with (None when there is none)."""
+        kinds = [k for k, v in (("text", query.text), ("image", query.image), ("vector", query.vector),
+                                ("item_id", query.item_id)) if v is not None]
+        if not kinds:
+            raise InvalidInput("empty query: give a text, an image, a vector or an item id")
+        if len(kinds) > 1:
+            raise InvalidInput(f"give one query, not {' and '.join(kinds)}")
+        rerank_text = (query.rerank_text or "").strip() or None
+        if query.text is not None:
+            if not query.text.strip():
+                raise InvalidInput("empty query: the text is empty")
+            enc = self.models.for_collection(handle)
+            vec = enc.encode_texts([query.text], timeout=remaining(deadline, "encoding the query"))[0]
+            return vec, rerank_text or query.text
+        if query.image is not None:
+            if len(query.image) == 0:
+                raise InvalidInput("empty query: the image has 0 bytes")
+            enc = self.models.for_collection(handle)
+            for chunk in self.decode([(0, bytes(query.image))], deadline, label=lambda _: "query image"):
+                vec = enc.encode_images([chunk[0][1]], timeout=remaining(deadline, "encoding the query"))[0]
+            return vec, rerank_text
+        if query.vector is not None:
+            vec = np.asarray(query.vector, dtype=np.float32).reshape(-1)
+            if vec.size == 0:
+                raise InvalidInput("empty query: the vector has no values")
+            if vec.size != handle.dim:
+                raise InvalidInput(f"query vector has {vec.size} values; collection {handle.name!r} has dim {handle.dim}")
+            if not np.isfinite(vec).all():
+                raise InvalidInput("query vector contains NaN or infinity")
+            if not np.any(vec):
+                raise InvalidInput("query vector is all zeros")
+            return vec, rerank_text
+        rows = handle.get([int(query.item_id)])
+        if int(query.item_id) not in rows:
+            raise NotFound(f"item {query.item_id} is not in collection {handle.name!r}")
+        return rows[int(query.item_id)].vector_array().copy(), rerank_text
 
     def search(self, query: Query, deadline: float | None = None) -> SearchResult:
         t_start = time.perf_counter()
@@ -272,7 +219,7 @@ class Searcher:
         reranker = self.models.reranker(query.rerank_model) if query.rerank_model else None
 
         t = time.perf_counter()
-        vector, rerank_text = query_vector(query, handle, self.models, deadline)
+        vector, rerank_text = self.query_vector(query, handle, deadline)
         timing["encode_ms"] = _ms(t)
         if reranker is not None and rerank_text is None:
             raise InvalidInput("reranking needs a text: set rerank_text when the query is an image, vector or item")
@@ -352,34 +299,40 @@ class Searcher:
         timing["ann_ms"] += _ms(t)
         return hits, "post_filter"
 
+    def _item_images(self, hits: list[Hit], rows, deadline, stage: str):
+        """Chunks of [(hit, image)] for the hits whose stored image can be read (others are logged and left
+        out), decoded lazily under the pixel budget."""
+        readable: list[tuple[int, bytes]] = []
+        for position, hit in enumerate(hits):
+            try:
+                readable.append((position, self.images.data(rows[hit.id])))
+            except MMSearchError as exc:
+                log.warning("%s: skipping item %d: %s", stage, hit.id, exc)
+
+        def skip(position, exc):
+            log.warning("%s: skipping item %d: %s", stage, hits[position].id, exc)
+
+        for chunk in self.decode(readable, deadline, label=lambda p: f"item {hits[p].id}",
+                                 draft_size=CANDIDATE_IMAGE_DRAFT, on_error=skip):
+            yield [(hits[position], image) for position, image in chunk]
+
     def _rerank(self, reranker, text: str, hits: list[Hit], rows, depth: int, deadline) -> list[Hit]:
         head, tail = hits[:depth], hits[depth:]
-        scored, unscored, images = [], [], []
-        for hit in head:
-            try:
-                images.append(load_item_image(rows[hit.id], self.image_dir))
-                scored.append(hit)
-            except InvalidInput as exc:  # ImageError is an InvalidInput
-                log.warning("rerank: skipping item %d: %s", hit.id, exc)
-                unscored.append(hit)
-        for i in range(0, len(scored), RERANK_CHUNK):
+        for chunk in self._item_images(head, rows, deadline, "rerank"):
             remaining(deadline, "reranking")
-            probs = reranker.score(images[i:i + RERANK_CHUNK], [text] * len(images[i:i + RERANK_CHUNK]))
-            for hit, p in zip(scored[i:i + RERANK_CHUNK], probs):
+            probs = reranker.score([image for _, image in chunk], [text] * len(chunk))
+            for (hit, _), p in zip(chunk, probs):
                 hit.rerank_score = float(p)
-        scored.sort(key=lambda h: (-h.rerank_score, -h.score, h.id))
+        scored = sorted((h for h in head if h.rerank_score is not None), key=lambda h: (-h.rerank_score, -h.score, h.id))
+        unscored = [h for h in head if h.rerank_score is None]
         return scored + unscored + tail
 
     def _caption(self, model: str, hits: list[Hit], rows, deadline) -> None:
         captioner = self.models.captioner(model)
-        for hit in hits:
+        for chunk in self._item_images(hits, rows, deadline, "caption"):
             remaining(deadline, "captioning")
-            try:
-                image = load_item_image(rows[hit.id], self.image_dir)
-            except InvalidInput as exc:
-                log.warning("caption: skipping item %d: %s", hit.id, exc)
-                continue
-            hit.caption = captioner.caption([image])[0]
+            for (hit, _), text in zip(chunk, captioner.caption([image for _, image in chunk])):
+                hit.caption = text
 
 
 def _hit(first_stage, row: ItemRow) -> Hit:

@@ -21,6 +21,15 @@ def tiny_siglip_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_blip_dirs(tmp_path_factory):
+    """Tiny random BLIP checkpoints: (retrieval: ITC + ITM, captioning)."""
+    from tiny_blip import make_tiny_blip
+
+    root = tmp_path_factory.mktemp("blip")
+    return make_tiny_blip(root / "itm", "retrieval")[0], make_tiny_blip(root / "cap", "captioning")[0]
+
+
+@pytest.fixture(scope="session")
 def tiny_siglip_legacy_dir(tiny_siglip_dir, tmp_path_factory):
     """The same checkpoint rewritten into the older hub layout (preprocessor_config.json, pytorch_model.bin)."""
     from hub_layout import to_legacy_layout

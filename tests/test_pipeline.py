@@ -14,16 +14,9 @@ import encoders
 from mmsearch.errors import Conflict, DeadlineExceeded, InvalidInput, NotFound
 from indexer.store import Store
 from search.filters import FilterError
-from search.pipeline import Models, Query, Searcher
+from search.models import Models
+from search.pipeline import Query, Searcher
 from search_helpers import COLORS, brute_force, item_meta, png_bytes, populate
-
-
-@pytest.fixture(scope="module")
-def tiny_blip_dirs(tmp_path_factory):
-    from tiny_blip import make_tiny_blip
-
-    root = tmp_path_factory.mktemp("blip")
-    return make_tiny_blip(root / "itm", "retrieval")[0], make_tiny_blip(root / "cap", "captioning")[0]
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +145,7 @@ def test_models_are_loaded_once_and_shared(env, tiny_siglip_dir, tmp_path):
         store.drop_collection("photos2")
         models.close()
     limited = Models(allow=["other"])
-    with pytest.raises(InvalidInput, match="not served here"):
+    with pytest.raises(NotFound, match="not served here"):
         limited.dual(str(tiny_siglip_dir))
 
 

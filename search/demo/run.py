@@ -90,7 +90,9 @@ def run_demo(data_dir: str | os.PathLike, *, n_images: int = 2000, k: int = 10, 
              workers: int | None = None, progress: bool = True, model_dir: str | os.PathLike = MODEL_DIR,
              out=print) -> DemoResult:
     from search.client import SearchClient
-    from search.server import ServerConfig, start, struct_to_dict
+    from search.config import ServerConfig
+    from search.grpc_api import struct_to_dict
+    from search.server import start
 
     data_dir = Path(data_dir).absolute()
     model_dir = Path(model_dir).absolute()
@@ -141,7 +143,7 @@ def run_demo(data_dir: str | os.PathLike, *, n_images: int = 2000, k: int = 10, 
                     out(f"      {rank:2d}. {score:+.4f}  {mark} {name}  {desc}")
         t = lap("queries", t)
     finally:
-        server.stop(grace=5.0)
+        server.stop(grace=5.0, health_grace=0)
     out(f"[5/5] server stopped")
     lap("server_stop", t)
     result.timings["total"] = round(time.perf_counter() - t_start, 2)

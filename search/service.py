@@ -1,0 +1,314 @@
+"""The search service: everything the server does, independent of how requests arrive.
+
+    service = Service(store, models, config)
+    result = service.search(Query(collection="photos", text="a cat"), deadline=time.monotonic() + 10)
+    vectors = service.embed(model="path/to/siglip", texts=["a cat"], deadline=...)
+
+The gRPC servicer (search/grpc_api.py) and the HTTP routes convert requests into these calls and results
+back, and map errors (mmsearch.errors) to their status codes; so both transports always answer the same.
+Every method checks its inputs and raises a typed error; `deadline` is a time.monotonic() instant (the
+transports always set one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from indexer.files import normalize_roots, read_file
+from mmsearch.errors import InvalidInput, MMSearchError, NotFound
+from search.config import ServerConfig
+from search.limits import PixelBudget
+from search.pipeline import Query, SearchResult, Searcher, image_blob_path, remaining
+
+log = logging.getLogger("mmsearch.service")
+
+MAX_EMBED_INPUTS = 1024
+MAX_CAPTION_TOKENS = 256
+MAX_BEAMS = 16
+UPSERT_CHUNK = 32
+MAX_IDS = 10_000  # ids per Get / Delete call
+
+
+@dataclass
+class Embedded:
+    model: str
+    dim: int
+    text_vectors: np.ndarray
+    image_vectors: np.ndarray
+
+
+@dataclass
+class UpsertInput:
+    """One item of an Upsert: image bytes, or a server-side path as uri (under the image roots)."""
+
+    uri: str = ""
+    image: bytes = b""
+    metadata: dict = field(default_factory=dict)
+    caption: str = ""
+
+
+@dataclass
+class ItemStatus:
+    index: int
+    uri: str
+    ok: bool
+    id: int = 0
+    error: str = ""
+    status: str = "OK"   # a gRPC status name (mmsearch.errors grpc_status) for the failed item
+
+
+@dataclass
+class Upserted:
+    statuses: list[ItemStatus]
+
+    @property
+    def upserted(self) -> int:
+        return sum(1 for s in self.statuses if s.ok)
+
+    @property
+    def failed(self) -> int:
+        return len(self.statuses) - self.upserted
+
+
+@dataclass
+class CollectionInfo:
+    name: str
+    model: str
+    model_digest: str
+    dim: int
+    items: int
+    index: str
+    indexed: int = 0
+
+
+class Service:
+    def __init__(self, store, models, config: ServerConfig):
+        self.store, self.models, self.config = store, models, config
+        self.roots = normalize_roots(config.image_roots)
+        self.pixel_budget = PixelBudget(config.pixel_budget_mp * 1e6)
+        self.searcher = Searcher(store, models, default_depth=config.rerank_default_depth,
+                                 max_depth=config.rerank_max_depth, image_roots=config.image_roots,
+                                 pixel_budget=self.pixel_budget, max_image_pixels=int(config.max_image_mp * 1e6))
+
+    # -- search and models --
+
+    def search(self, query: Query, deadline: float) -> SearchResult:
+        if not query.collection:
+            raise InvalidInput("collection is required")
+        return self.searcher.search(query, deadline)
+
+    def embed(self, *, collection: str = "", model: str = "", texts=(), images=(), deadline: float) -> Embedded:
+        if bool(collection) == bool(model):
+            raise InvalidInput("give either a collection or a model")
+        texts, images = list(texts), list(images)
+        n = len(texts) + len(images)
+        if n == 0:
+            raise InvalidInput("nothing to embed: give texts or images")
+        if n > MAX_EMBED_INPUTS:
+            raise InvalidInput(f"at most {MAX_EMBED_INPUTS} inputs per call, got {n}")
+        _check_texts(texts)
+        enc = self.models.for_collection(self.store.collection(collection)) if collection else self.models.dual(model)
+        text_vectors = image_vectors = np.zeros((0, int(enc.dim)), np.float32)
+        if texts:
+            text_vectors = enc.encode_texts(texts, timeout=remaining(deadline, "encoding texts"))
+        if images:
+            _check_images(images)
+            parts = []
+            for chunk in self.searcher.decode(enumerate(images), deadline, chunk_count=self.config.batch_max):
+                parts.append(enc.encode_images([image for _, image in chunk],
+                                               timeout=remaining(deadline, "encoding images")))
+            image_vectors = np.concatenate(parts)
+        return Embedded(model=enc.name, dim=int(enc.dim), text_vectors=text_vectors, image_vectors=image_vectors)
+
+    def rerank(self, *, model: str, image: bytes, texts, deadline: float) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            raise InvalidInput("nothing to score: give at least one text")
+        _check_texts(texts)
+        if len(texts) > MAX_EMBED_INPUTS:
+            raise InvalidInput(f"at most {MAX_EMBED_INPUTS} texts per call, got {len(texts)}")
+        reranker = self.models.reranker(model)
+        _check_images([image], "image")
+        for chunk in self.searcher.decode([(0, image)], deadline, label=lambda _: "image"):
+            decoded = chunk[0][1]
+            remaining(deadline, "reranking")
+            return np.asarray(reranker.score([decoded] * len(texts), texts), dtype=np.float32)
+        raise AssertionError("unreachable: decode yields the image or raises")
+
+    def caption(self, *, model: str, images, prompt: str = "", max_new_tokens: int = 0, num_beams: int = 0,
+                deadline: float) -> list[str]:
+        images = list(images)
+        if not images:
+            raise InvalidInput("nothing to caption: give at least one image")
+        if len(images) > MAX_EMBED_INPUTS:
+            raise InvalidInput(f"at most {MAX_EMBED_INPUTS} images per call, got {len(images)}")
+        if not 0 <= max_new_tokens <= MAX_CAPTION_TOKENS:
+            raise InvalidInput(f"max_new_tokens must be 0..{MAX_CAPTION_TOKENS} (0 = 30), got {max_new_tokens}")
+        if not 0 <= num_beams <= MAX_BEAMS:
+            raise InvalidInput(f"num_beams must be 0..{MAX_BEAMS} (0 = 1), got {num_beams}")
+        captioner = self.models.captioner(model)
+        _check_images(images)
+        captions: list[str] = []
+        for chunk in self.searcher.decode(enumerate(images), deadline, chunk_count=8):
+            remaining(deadline, "captioning")
+            captions.extend(captioner.caption([image for _, image in chunk], prompt=prompt or None,
+                                              max_new_tokens=max_new_tokens or 30, num_beams=num_beams or 1))
+        return captions
+
+    # -- items --
+
+    def upsert(self, stream: Iterable[tuple[str, UpsertInput]], deadline: float) -> Upserted:
+        """Write a stream of (collection, item) pairs; the first names the collection, later ones may leave
+        it empty. Items are decoded and encoded in chunks; each gets a status."""
+        from indexer.sources import check_meta
+        from indexer.store import UpsertRow
+
+        statuses: list[ItemStatus] = []
+        state: dict = {}  # handle, enc
+        prepared: dict[int, tuple] = {}  # index -> (uri, sha, data, meta, caption, uploaded as bytes)
+
+        def fail(index: int, uri: str, exc: MMSearchError):
+            statuses.append(ItemStatus(index=index, uri=uri[:4096], ok=False, error=exc.brief(), status=exc.grpc_status))
+
+        def blobs() -> Iterator[tuple[int, bytes]]:
+            for index, (collection, item) in enumerate(stream):
+                if "handle" not in state:
+                    if not collection:
+                        raise InvalidInput("the first Upsert message must name the collection")
+                    state["handle"] = self.store.collection(collection)
+                    state["enc"] = self.models.for_collection(state["handle"])
+                elif collection and collection != state["handle"].name:
+                    raise InvalidInput(f"message {index} names collection {collection!r}; "
+                                       f"this stream writes {state['handle'].name!r}")
+                try:
+                    problem = check_meta(item.metadata)
+                    if problem:
+                        raise InvalidInput(problem)
+                    data, uri = self._upsert_bytes(item)
+                    sha = hashlib.sha256(data).hexdigest()
+                    prepared[index] = (uri or f"sha256:{sha}", sha, data, item.metadata, item.caption or None,
+                                       bool(item.image))
+                    yield index, data
+                except MMSearchError as exc:
+                    fail(index, item.uri, exc)
+
+        def decode_failed(index: int, exc: MMSearchError):
+            fail(index, prepared.pop(index)[0] if index in prepared else "", exc)
+
+        for chunk in self.searcher.decode(blobs(), deadline, label=lambda i: f"item {i}: image",
+                                          on_error=decode_failed, chunk_count=UPSERT_CHUNK):
+            handle, enc = state["handle"], state["enc"]
+            vectors = enc.encode_images([image for _, image in chunk], timeout=remaining(deadline, "encoding"))
+            rows, indices = [], []
+            for (index, image), vector in zip(chunk, vectors):
+                uri, sha, data, meta, caption, uploaded = prepared.pop(index)
+                if uploaded and self.config.keep_images:  # rerank and captions read these bytes back later
+                    self._keep_image(sha, data)
+                rows.append(UpsertRow(uri=uri, sha256=sha, width=image.width, height=image.height, vector=vector,
+                                      meta=meta, caption=caption))
+                indices.append(index)
+            for index, row, (item_id, problem) in zip(indices, rows, handle.upsert(rows)):
+                if problem is None:
+                    statuses.append(ItemStatus(index=index, uri=row.uri, ok=True, id=item_id))
+                else:
+                    statuses.append(ItemStatus(index=index, uri=row.uri, ok=False, id=item_id, error=problem,
+                                               status="ALREADY_EXISTS"))
+        if "handle" not in state:
+            raise InvalidInput("empty Upsert stream: send at least one item")
+        statuses.sort(key=lambda s: s.index)
+        return Upserted(statuses)
+
+    def _upsert_bytes(self, item: UpsertInput) -> tuple[bytes, str]:
+        if item.image:
+            if len(item.image) > self.config.max_message_bytes:
+                raise InvalidInput("image is larger than the message limit")
+            return bytes(item.image), item.uri
+        if not item.uri:
+            raise InvalidInput("item needs image bytes or a uri")
+        path = item.uri[len("file://"):] if item.uri.startswith("file://") else item.uri
+        if not self.roots:
+            raise InvalidInput("this server reads no files by uri (no image_roots configured); "
+                               "send the image bytes instead")
+        return read_file(path, max_bytes=self.config.max_message_bytes, roots=self.roots), os.path.normpath(path)
+
+    def _keep_image(self, sha: str, data: bytes) -> None:
+        path = image_blob_path(self.store.data_dir, sha)
+        if os.path.exists(path):
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+
+    def delete(self, collection: str, ids) -> int:
+        ids = _check_ids(ids, "delete")
+        return self.store.collection(collection).delete(ids=ids)
+
+    def get(self, collection: str, ids, *, include_vector: bool = False) -> list:
+        """The items in request order (catalog.ItemRow); NotFound naming the ids that are not there."""
+        ids = _check_ids(ids, "get")
+        handle = self.store.collection(collection)
+        rows = handle.get(ids, with_vectors=include_vector)
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+            raise NotFound(f"item(s) {shown} not in collection {handle.name!r}")
+        return [rows[i] for i in ids]
+
+    # -- collections --
+
+    def _info(self, row, *, stats: bool = False) -> CollectionInfo:
+        info = CollectionInfo(name=row.name, model=row.encoder_name, model_digest=row.encoder_digest, dim=row.dim,
+                              items=self.store.catalog.count(row.id), index=row.index_spec)
+        if stats:
+            index = self.store.collection(row.name).index
+            info.index, info.indexed = str(index.spec), index.ntotal
+        return info
+
+    def create_collection(self, name: str, model: str, index: str = "") -> CollectionInfo:
+        from indexer.catalog import check_collection_name
+
+        if not model:
+            raise InvalidInput("model is required: the dual encoder the collection is bound to")
+        check_collection_name(name)
+        enc = self.models.dual(model)
+        handle = self.store.create_collection(name, enc, index or None)
+        return self._info(handle.row)
+
+    def list_collections(self) -> list[CollectionInfo]:
+        return [self._info(row) for row in self.store.collections()]
+
+    def drop_collection(self, name: str) -> None:
+        self.store.drop_collection(name)
+
+    def collection_stats(self, name: str) -> CollectionInfo:
+        return self._info(self.store.collection(name).row, stats=True)
+
+
+def _check_texts(texts: list[str]) -> None:
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInput(f"texts[{i}] is empty")
+
+
+def _check_images(images: list[bytes], label: str | None = None) -> None:
+    for i, data in enumerate(images):
+        if not data:
+            raise InvalidInput(f"{label or f'images[{i}]'}: empty image (0 bytes)")
+
+
+def _check_ids(ids, what: str) -> list[int]:
+    ids = [int(i) for i in ids]
+    if not ids:
+        raise InvalidInput(f"give the ids to {what}")
+    if len(ids) > MAX_IDS:
+        raise InvalidInput(f"at most {MAX_IDS} ids per {what} call, got {len(ids)}")
+    return ids
