@@ -3,7 +3,8 @@
     from postgres import pg_url  # noqa: F401   (a fixture: a fresh, empty database per test)
 
 The binaries are looked up in $MMSEARCH_PG_BIN, /usr/lib/postgresql/*/bin (Debian, newest first) and $PATH.
-When they (or the psycopg driver) are missing, tests using the fixture are skipped with the reason.
+When they (or the psycopg driver) are missing, tests using the fixture are skipped with the reason (failed
+where $MMSEARCH_TEST_REQUIRE names postgres, as CI sets it: see tests/parts.py).
 PostgreSQL refuses to run as root, so under root the server runs as the `postgres` (or `nobody`) user.
 """
 
@@ -19,6 +20,8 @@ import subprocess
 import tempfile
 
 import pytest
+
+from parts import unavailable
 
 
 def find_bin_dir() -> str | None:
@@ -106,12 +109,12 @@ def _has_user(name: str) -> bool:
 def postgres_server():
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: install postgresql "
-                    "(Debian: apt-get install postgresql) or set MMSEARCH_PG_BIN")
+        unavailable("postgres", "PostgreSQL server binaries (initdb, pg_ctl) not found: install postgresql "
+                                "(Debian: apt-get install postgresql) or set MMSEARCH_PG_BIN")
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        pytest.skip("psycopg (the PostgreSQL driver) is not installed: pip install 'psycopg[binary]'")
+        unavailable("postgres", "psycopg (the PostgreSQL driver) is not installed: pip install 'psycopg[binary]'")
     server = PostgresServer(bin_dir).start()
     try:
         yield server

@@ -158,3 +158,35 @@ def test_batched_encoder_matches_the_model(tiny_siglip_dir):
     unbatched = BatchedEncoder(enc, enabled=False)
     np.testing.assert_allclose(unbatched.encode_texts(texts[:3]), direct[:3], atol=1e-6)
     assert unbatched.encode_texts([]).shape == (0, enc.dim)
+
+
+def test_small_model_calls_run_on_one_thread_large_ones_on_all():
+    import torch
+
+    class Recording:
+        name, dim = "recording", 2
+
+        def __init__(self, params: int):
+            self.model = torch.nn.Linear(params, 1, bias=False)
+            self.threads: list[int] = []
+
+        def encode_texts(self, texts):
+            self.threads.append(torch.get_num_threads())
+            return np.zeros((len(texts), 2), np.float32)
+
+        encode_images = encode_texts
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        small, large = Recording(1_000), Recording(10_000_000)
+        for enc in (small, large):
+            for enabled in (True, False):
+                batched = BatchedEncoder(enc, enabled=enabled)
+                batched.encode_texts(["a"])
+                batched.encode_images(["b"])
+                batched.close()
+        assert small.threads == [1, 1, 1, 1] and large.threads == [2, 2, 2, 2]
+        assert torch.get_num_threads() == 2  # restored after the small calls
+    finally:
+        torch.set_num_threads(before)
