@@ -183,7 +183,8 @@ def _query_via_server(args: argparse.Namespace, image: bytes | None) -> dict:
         with SearchClient(args.server, token=token, tls=args.tls, root_certificates=roots, timeout=args.timeout) as client:
             r = client.search(args.collection, text=args.text, image=image, top_k=args.k, filter=args.filter or "",
                               rerank_model=args.rerank or "", rerank_depth=args.depth, include_metadata=True,
-                              include_caption=True)
+                              include_caption=True, min_score=args.min_score,
+                              min_rerank_probability=args.min_rerank_probability)
     except grpc.RpcError as exc:
         raise error_for_status(exc.code().name)(f"{exc.code().name}: {exc.details()}") from None
     from search.grpc_api import struct_to_dict
@@ -203,7 +204,8 @@ def _query_local(args: argparse.Namespace, image: bytes | None) -> dict:
     with _open_store(args) as store:
         result = Searcher(store, models).search(Query(
             collection=args.collection, text=args.text, image=image, top_k=args.k, filter=args.filter or "",
-            rerank_model=args.rerank or "", rerank_depth=args.depth, include_metadata=True, include_caption=True))
+            rerank_model=args.rerank or "", rerank_depth=args.depth, include_metadata=True, include_caption=True,
+            min_score=args.min_score, min_rerank_probability=args.min_rerank_probability))
     hits = [{"id": h.id, "score": h.score, "rerank_score": h.rerank_score, "uri": h.uri, "caption": h.caption or "",
              "metadata": h.metadata or {}} for h in result.hits]
     return {"hits": hits, "timing": {k: round(v, 3) for k, v in result.timing.items()},
@@ -344,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", help="filter expression, e.g. 'width >= 512 AND meta.license IN (\"cc0\")'")
     p.add_argument("--rerank", metavar="MODEL", help="rerank with this BLIP / BLIP-2 ITM checkpoint")
     p.add_argument("--depth", type=int, default=0, help="candidates to rerank (default 128, at most 256)")
+    p.add_argument("--min-score", type=float, default=None, help="drop hits whose first-stage score is below this")
+    p.add_argument("--min-rerank-probability", type=float, default=None, metavar="P",
+                   help="with --rerank: drop hits whose ITM probability is below P (0..1)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--server", metavar="HOST:PORT", help="ask a running server instead of opening the data dir")
     p.add_argument("--token", help="bearer token for --server (also $MMSEARCH_TOKEN)")

@@ -116,7 +116,10 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             top_k=request.top_k, filter=request.filter, rerank_model=request.rerank.model,
             rerank_depth=request.rerank.depth, rerank_text=request.rerank_text, caption_model=request.caption_model,
             include_metadata=request.include_metadata, include_caption=request.include_caption,
-            include_vector=request.include_vector, nprobe=request.nprobe, ef=request.ef_search)
+            include_vector=request.include_vector, nprobe=request.nprobe, ef=request.ef_search,
+            min_score=request.min_score if request.HasField("min_score") else None,
+            min_rerank_probability=(request.min_rerank_probability if request.HasField("min_rerank_probability")
+                                    else None))
         result = self.service.search(query, deadline)
         response = pb.SearchResponse(filter_strategy=result.filter_strategy, candidates=result.candidates,
                                      timing=pb.Timing(**result.timing))

@@ -66,6 +66,8 @@ class Query:
     include_vector: bool = False
     nprobe: int = 0
     ef: int = 0
+    min_score: float | None = None               # drop first-stage hits scoring below this
+    min_rerank_probability: float | None = None  # drop reranked hits whose ITM P(match) is below this
 
 
 @dataclass
@@ -214,6 +216,7 @@ class Searcher:
                 raise InvalidInput(f"{name} must be >= 0 (0 = index default), got {value}")
         if query.rerank_depth < 0:
             raise InvalidInput(f"rerank depth must be >= 0 (0 = default {self.default_depth}), got {query.rerank_depth}")
+        _check_thresholds(query)
         where_ast = filters.parse(query.filter or "")  # bad filters fail before any model work
         handle, revision = self.store.collection_at(query.collection)  # the revision: no re-read after encoding
         reranker = self.models.reranker(query.rerank_model) if query.rerank_model else None
@@ -234,6 +237,8 @@ class Searcher:
         if query.item_id is not None:
             found = [h for h in found if h.id != int(query.item_id)]
         found = found[:max(top_k, depth)]
+        if query.min_score is not None:
+            found = [h for h in found if h.score >= query.min_score]
 
         t = time.perf_counter()
         rows = handle.get([h.id for h in found], with_vectors=query.include_vector)
@@ -244,6 +249,8 @@ class Searcher:
             t = time.perf_counter()
             hits = self._rerank(reranker, rerank_text, hits, rows, depth, deadline)
             timing["rerank_ms"] = _ms(t)
+            if query.min_rerank_probability is not None:
+                hits = [h for h in hits if h.rerank_score is not None and h.rerank_score >= query.min_rerank_probability]
         hits = hits[:top_k]
 
         for hit in hits:
@@ -333,6 +340,21 @@ class Searcher:
             remaining(deadline, "captioning")
             for (hit, _), text in zip(chunk, captioner.caption([image for _, image in chunk])):
                 hit.caption = text
+
+
+def _check_thresholds(query: Query) -> None:
+    import math
+
+    for name in ("min_score", "min_rerank_probability"):
+        value = getattr(query, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise InvalidInput(f"{name} must be a finite number, got {value!r}")
+    if query.min_rerank_probability is not None:
+        if not 0.0 <= query.min_rerank_probability <= 1.0:
+            raise InvalidInput(f"min_rerank_probability is a probability (0..1), got {query.min_rerank_probability}")
+        if not query.rerank_model:
+            raise InvalidInput("min_rerank_probability needs a reranker (rerank model)")
 
 
 def _hit(first_stage, row: ItemRow) -> Hit:

@@ -183,6 +183,29 @@ def test_rerank_orders_by_itm_probability(env, tiny_blip_dirs):
         assert hit.score == pytest.approx(orig.score, abs=1e-6)  # the first-stage score is kept
 
 
+def test_relevance_cut_offs(env, tiny_blip_dirs):
+    searcher = env[0]
+    itm = str(tiny_blip_dirs[0])
+    text = "a red circle on a white background"
+    full = searcher.search(Query(collection="photos", text=text, top_k=10))
+    cut = full.hits[4].score
+    kept = searcher.search(Query(collection="photos", text=text, top_k=10, min_score=cut))
+    assert [h.id for h in kept.hits] == [h.id for h in full.hits if h.score >= cut] and len(kept.hits) == 5
+    none = searcher.search(Query(collection="photos", text=text, top_k=10, min_score=full.hits[0].score + 1))
+    assert none.hits == []
+    reranked = searcher.search(Query(collection="photos", text=text, top_k=10, rerank_model=itm, rerank_depth=10))
+    probs = sorted(h.rerank_score for h in reranked.hits)
+    p = probs[len(probs) // 2]
+    above = searcher.search(Query(collection="photos", text=text, top_k=10, rerank_model=itm, rerank_depth=10,
+                                  min_rerank_probability=p))
+    assert [h.id for h in above.hits] == [h.id for h in reranked.hits if h.rerank_score >= p]
+    assert 0 < len(above.hits) < len(reranked.hits)
+    for bad, words in ((dict(min_score=float("nan")), "finite"), (dict(min_rerank_probability=0.5), "needs a reranker"),
+                       (dict(min_rerank_probability=1.5, rerank_model=itm), "0..1")):
+        with pytest.raises(InvalidInput, match=words):
+            searcher.search(Query(collection="photos", text=text, **bad))
+
+
 def test_rerank_depth_bounds(env, tiny_blip_dirs):
     searcher = env[0]
     itm = str(tiny_blip_dirs[0])

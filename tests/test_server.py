@@ -410,3 +410,12 @@ def test_cli_query_through_the_server(server, photos, capsys, monkeypatch):
     monkeypatch.setenv("MMSEARCH_TOKEN", "wrong")
     assert main(["query", "a cat", "--collection", "photos", "--server", f"127.0.0.1:{server.port}"]) == 11
     assert "UNAUTHENTICATED" in capsys.readouterr().err
+
+
+def test_search_cut_offs_over_grpc(client, photos):
+    full = client.search("photos", text="a red circle", top_k=8).hits
+    cut = full[3].score
+    kept = client.search("photos", text="a red circle", top_k=8, min_score=cut).hits
+    assert [h.id for h in kept] == [h.id for h in full if h.score >= cut] and len(kept) >= 4
+    code, details = code_of(lambda: client.search("photos", text="x", min_rerank_probability=0.5))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "needs a reranker" in details
