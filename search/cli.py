@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-rerank-probability", type=float, default=None, metavar="P",
                    help="with --rerank: drop hits whose ITM probability is below P (0..1)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--server", metavar="HOST:PORT", help="ask a running server instead of opening the data dir")
+    p.add_argument("--server", metavar="HOST:PORT[,HOST:PORT...]",
+                   help="ask a running server (or replicas, round robin; or dns:///NAME:PORT) instead of the data dir")
     p.add_argument("--token", help="bearer token for --server (also $MMSEARCH_TOKEN)")
     p.add_argument("--tls", action="store_true", help="connect to --server over TLS")
     p.add_argument("--ca", help="PEM root certificate(s) for --tls")

@@ -8,6 +8,8 @@
         for hit in response.hits:
             print(hit.id, hit.uri, hit.score)
 
+Several replicas: `SearchClient("10.0.0.1:50051,10.0.0.2:50051")` or `SearchClient("dns:///search:50051")`.
+
 Every call returns the response message (see protos/mmsearch/v1/search_pb2.pyi for fields) or raises
 grpc.RpcError carrying the server's status code and message. Calls that fail with UNAVAILABLE (server
 restarting, connection reset) are retried with exponential backoff within the call's timeout. Upsert is
@@ -26,6 +28,7 @@ import grpc
 import numpy as np
 from google.protobuf import struct_pb2
 
+from mmsearch.errors import InvalidInput
 from protos.mmsearch.v1 import search_pb2 as pb
 from protos.mmsearch.v1 import search_pb2_grpc as pb_grpc
 
@@ -33,15 +36,44 @@ T = TypeVar("T")
 RETRY_CODES = (grpc.StatusCode.UNAVAILABLE,)
 
 
+def channel_target(target: str | Sequence[str]) -> str:
+    """A gRPC target for one server or several replicas: "host:port", "host1:port,host2:port" (or a list),
+    or a name with a scheme ("dns:///search.internal:50051", whose A records are the replicas)."""
+    addresses = [t.strip() for t in ([target] if isinstance(target, str) else list(target)) for t in t.split(",")]
+    addresses = [a for a in addresses if a]
+    if not addresses:
+        raise InvalidInput("no server address given")
+    if len(addresses) == 1:
+        return addresses[0]
+    if any("://" in a or a.startswith(("ipv4:", "ipv6:", "unix:")) for a in addresses):
+        raise InvalidInput(f"give several plain host:port addresses or one name with a scheme, not {addresses}")
+    hosts = [a.rsplit(":", 1)[0].strip("[]") for a in addresses]
+    if all(_is_ipv4(h) for h in hosts):
+        return "ipv4:" + ",".join(addresses)
+    if all(":" in h for h in hosts):
+        return "ipv6:" + ",".join(addresses)
+    raise InvalidInput("several addresses must be IP:port (use a DNS name with dns:/// for host names)")
+
+
+def _is_ipv4(host: str) -> bool:
+    parts = host.split(".")
+    return len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts)
+
+
 class SearchClient:
-    def __init__(self, target: str, *, token: str | None = None, tls: bool = False,
+    """`target`: one address, several replicas (comma-separated or a list), or a dns:/// name. Calls are
+    spread over the replicas by gRPC's round_robin policy; a call that fails with UNAVAILABLE (a replica
+    going away) is retried, and the retry goes to another replica."""
+
+    def __init__(self, target: str | Sequence[str], *, token: str | None = None, tls: bool = False,
                  root_certificates: bytes | None = None, timeout: float | None = 60.0, retries: int = 4,
                  backoff: float = 0.1, max_message_mb: float = 64.0, channel: grpc.Channel | None = None):
         limit = int(max_message_mb * 1024 * 1024)
         # Reconnect quickly so retries on UNAVAILABLE meet a server that has just come back.
         options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
                    ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-                   ("grpc.max_reconnect_backoff_ms", 2000)]
+                   ("grpc.max_reconnect_backoff_ms", 2000), ("grpc.lb_policy_name", "round_robin")]
+        target = channel_target(target)
         if channel is not None:
             self.channel = channel
         elif tls or root_certificates:
