@@ -235,6 +235,20 @@ class ImagePreprocessor:
         new_long = int(edge * long / short)
         return (new_long, edge) if width <= height else (edge, new_long)
 
+    def input_view(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """(left, top, right, bottom) of the part of a width x height image the model sees (after resize and
+        center crop), in the image's own pixel coordinates; parts of a crop beyond the image (padding) lie
+        outside 0..width / 0..height."""
+        h, w = self.resize_target(width, height) if self.do_resize else (height, width)
+        sx, sy = width / w, height / h
+        if self.do_center_crop and self.crop_size:
+            ch, cw = self.crop_size["height"], self.crop_size["width"]
+            # as center_crop: centred, and a side shorter than the crop is padded, the extra pixel at the start
+            top = (h - ch) // 2 if h >= ch else -((ch - h + 1) // 2)
+            left = (w - cw) // 2 if w >= cw else -((cw - w + 1) // 2)
+            return left * sx, top * sy, (left + cw) * sx, (top + ch) * sy
+        return 0.0, 0.0, float(width), float(height)
+
     def to_array(self, image: Image.Image) -> np.ndarray:
         """One image -> float32 (3, H, W)."""
         if self.do_convert_rgb:

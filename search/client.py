@@ -118,12 +118,13 @@ class SearchClient:
                caption_model: str = "", include_metadata: bool = False, include_caption: bool = False,
                include_vector: bool = False, nprobe: int = 0, ef_search: int = 0,
                min_score: float | None = None, min_rerank_probability: float | None = None,
-               timeout: float | None = None) -> pb.SearchResponse:
+               include_regions: bool = False, timeout: float | None = None) -> pb.SearchResponse:
         request = pb.SearchRequest(collection=collection, top_k=top_k, filter=filter,
                                    rerank=pb.RerankOptions(model=rerank_model, depth=rerank_depth),
                                    rerank_text=rerank_text, caption_model=caption_model,
                                    include_metadata=include_metadata, include_caption=include_caption,
-                                   include_vector=include_vector, nprobe=nprobe, ef_search=ef_search)
+                                   include_vector=include_vector, nprobe=nprobe, ef_search=ef_search,
+                                   include_regions=include_regions)
         if min_score is not None:
             request.min_score = min_score
         if min_rerank_probability is not None:

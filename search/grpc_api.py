@@ -119,7 +119,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             include_vector=request.include_vector, nprobe=request.nprobe, ef=request.ef_search,
             min_score=request.min_score if request.HasField("min_score") else None,
             min_rerank_probability=(request.min_rerank_probability if request.HasField("min_rerank_probability")
-                                    else None))
+                                    else None),
+            include_regions=request.include_regions)
         result = self.service.search(query, deadline)
         response = pb.SearchResponse(filter_strategy=result.filter_strategy, candidates=result.candidates,
                                      timing=pb.Timing(**result.timing))
@@ -133,6 +134,11 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 out.caption = hit.caption
             if hit.vector is not None:
                 out.vector.CopyFrom(_vector(hit.vector))
+            if hit.region is not None:
+                r = hit.region
+                out.region.CopyFrom(pb.Region(mask_png=r.mask_png, view_left=r.view[0], view_top=r.view[1],
+                                              view_right=r.view[2], view_bottom=r.view[3], x0=r.box[0], y0=r.box[1],
+                                              x1=r.box[2], y1=r.box[3], score=r.score, coverage=r.coverage))
         return response
 
     @_rpc

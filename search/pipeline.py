@@ -68,6 +68,7 @@ class Query:
     ef: int = 0
     min_score: float | None = None               # drop first-stage hits scoring below this
     min_rerank_probability: float | None = None  # drop reranked hits whose ITM P(match) is below this
+    include_regions: bool = False                # GroupViT collections, text queries: where each hit matched
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Hit:
     vector: np.ndarray | None = None
     width: int = 0
     height: int = 0
+    region: Any = None  # search.regions.Region, with include_regions
 
 
 @dataclass
@@ -209,7 +211,8 @@ class Searcher:
 
     def search(self, query: Query, deadline: float | None = None) -> SearchResult:
         t_start = time.perf_counter()
-        timing = dict.fromkeys(("encode_ms", "filter_ms", "ann_ms", "fetch_ms", "rerank_ms", "caption_ms"), 0.0)
+        timing = dict.fromkeys(("encode_ms", "filter_ms", "ann_ms", "fetch_ms", "rerank_ms", "caption_ms",
+                                "regions_ms"), 0.0)
         top_k = check_top_k(query.top_k)
         for name, value in (("nprobe", query.nprobe), ("ef_search", query.ef)):
             if value < 0:
@@ -219,6 +222,12 @@ class Searcher:
         _check_thresholds(query)
         where_ast = filters.parse(query.filter or "")  # bad filters fail before any model work
         handle, revision = self.store.collection_at(query.collection)  # the revision: no re-read after encoding
+        if query.include_regions:
+            if query.text is None:
+                raise InvalidInput("include_regions needs a text query (the region is where the text matched)")
+            if handle.row.encoder_family != "groupvit":
+                raise InvalidInput(f"include_regions needs a GroupViT collection; {handle.name!r} uses "
+                                   f"{handle.row.encoder_family}")
         reranker = self.models.reranker(query.rerank_model) if query.rerank_model else None
 
         t = time.perf_counter()
@@ -261,6 +270,10 @@ class Searcher:
                 hit.caption = row.caption or ""
             if query.include_vector:
                 hit.vector = row.vector_array().copy()
+        if query.include_regions and hits:
+            t = time.perf_counter()
+            self._regions(self.models.for_collection(handle).encoder, query.text, hits, rows, deadline)
+            timing["regions_ms"] = _ms(t)
         if query.caption_model:
             t = time.perf_counter()
             self._caption(query.caption_model, [h for h in hits if not h.caption], rows, deadline)
@@ -333,6 +346,21 @@ class Searcher:
         scored = sorted((h for h in head if h.rerank_score is not None), key=lambda h: (-h.rerank_score, -h.score, h.id))
         unscored = [h for h in head if h.rerank_score is None]
         return scored + unscored + tail
+
+    def _regions(self, encoder, text: str, hits: list[Hit], rows, deadline) -> None:
+        from search.regions import match_regions
+
+        for chunk in self._item_images(hits, rows, deadline, "regions"):
+            remaining(deadline, "finding regions")
+            images = [image for _, image in chunk]
+            for (hit, image), region in zip(chunk, match_regions(encoder, images, text)):
+                # candidates may be decoded at a reduced size (JPEG draft): scale to the stored image's pixels
+                sx, sy = (hit.width or image.width) / image.width, (hit.height or image.height) / image.height
+                left, top, right, bottom = region.view
+                region.view = (left * sx, top * sy, right * sx, bottom * sy)
+                x0, y0, x1, y1 = region.box
+                region.box = (int(x0 * sx), int(y0 * sy), int(round(x1 * sx)), int(round(y1 * sy)))
+                hit.region = region
 
     def _caption(self, model: str, hits: list[Hit], rows, deadline) -> None:
         captioner = self.models.captioner(model)

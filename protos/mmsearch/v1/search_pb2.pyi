@@ -22,7 +22,7 @@ class RerankOptions(_message.Message):
     def __init__(self, model: _Optional[str] = ..., depth: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "image", "vector", "item_id", "top_k", "filter", "rerank", "include_metadata", "include_caption", "include_vector", "nprobe", "ef_search", "rerank_text", "caption_model", "min_score", "min_rerank_probability")
+    __slots__ = ("collection", "text", "image", "vector", "item_id", "top_k", "filter", "rerank", "include_metadata", "include_caption", "include_vector", "nprobe", "ef_search", "rerank_text", "caption_model", "min_score", "min_rerank_probability", "include_regions")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class SearchRequest(_message.Message):
     CAPTION_MODEL_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     MIN_RERANK_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_REGIONS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     image: bytes
@@ -57,10 +58,37 @@ class SearchRequest(_message.Message):
     caption_model: str
     min_score: float
     min_rerank_probability: float
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[str] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., include_metadata: _Optional[bool] = ..., include_caption: _Optional[bool] = ..., include_vector: _Optional[bool] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., rerank_text: _Optional[str] = ..., caption_model: _Optional[str] = ..., min_score: _Optional[float] = ..., min_rerank_probability: _Optional[float] = ...) -> None: ...
+    include_regions: bool
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[str] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., include_metadata: _Optional[bool] = ..., include_caption: _Optional[bool] = ..., include_vector: _Optional[bool] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., rerank_text: _Optional[str] = ..., caption_model: _Optional[str] = ..., min_score: _Optional[float] = ..., min_rerank_probability: _Optional[float] = ..., include_regions: _Optional[bool] = ...) -> None: ...
+
+class Region(_message.Message):
+    __slots__ = ("mask_png", "view_left", "view_top", "view_right", "view_bottom", "x0", "y0", "x1", "y1", "score", "coverage")
+    MASK_PNG_FIELD_NUMBER: _ClassVar[int]
+    VIEW_LEFT_FIELD_NUMBER: _ClassVar[int]
+    VIEW_TOP_FIELD_NUMBER: _ClassVar[int]
+    VIEW_RIGHT_FIELD_NUMBER: _ClassVar[int]
+    VIEW_BOTTOM_FIELD_NUMBER: _ClassVar[int]
+    X0_FIELD_NUMBER: _ClassVar[int]
+    Y0_FIELD_NUMBER: _ClassVar[int]
+    X1_FIELD_NUMBER: _ClassVar[int]
+    Y1_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    mask_png: bytes
+    view_left: float
+    view_top: float
+    view_right: float
+    view_bottom: float
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    score: float
+    coverage: float
+    def __init__(self, mask_png: _Optional[bytes] = ..., view_left: _Optional[float] = ..., view_top: _Optional[float] = ..., view_right: _Optional[float] = ..., view_bottom: _Optional[float] = ..., x0: _Optional[int] = ..., y0: _Optional[int] = ..., x1: _Optional[int] = ..., y1: _Optional[int] = ..., score: _Optional[float] = ..., coverage: _Optional[float] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "uri", "score", "rerank_score", "metadata", "caption", "vector", "width", "height")
+    __slots__ = ("id", "uri", "score", "rerank_score", "metadata", "caption", "vector", "width", "height", "region")
     ID_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +98,7 @@ class Hit(_message.Message):
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
     id: int
     uri: str
     score: float
@@ -79,10 +108,11 @@ class Hit(_message.Message):
     vector: Vector
     width: int
     height: int
-    def __init__(self, id: _Optional[int] = ..., uri: _Optional[str] = ..., score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., caption: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+    region: Region
+    def __init__(self, id: _Optional[int] = ..., uri: _Optional[str] = ..., score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., caption: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
 
 class Timing(_message.Message):
-    __slots__ = ("encode_ms", "filter_ms", "ann_ms", "fetch_ms", "rerank_ms", "total_ms", "caption_ms")
+    __slots__ = ("encode_ms", "filter_ms", "ann_ms", "fetch_ms", "rerank_ms", "total_ms", "caption_ms", "regions_ms")
     ENCODE_MS_FIELD_NUMBER: _ClassVar[int]
     FILTER_MS_FIELD_NUMBER: _ClassVar[int]
     ANN_MS_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +120,7 @@ class Timing(_message.Message):
     RERANK_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     CAPTION_MS_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_MS_FIELD_NUMBER: _ClassVar[int]
     encode_ms: float
     filter_ms: float
     ann_ms: float
@@ -97,7 +128,8 @@ class Timing(_message.Message):
     rerank_ms: float
     total_ms: float
     caption_ms: float
-    def __init__(self, encode_ms: _Optional[float] = ..., filter_ms: _Optional[float] = ..., ann_ms: _Optional[float] = ..., fetch_ms: _Optional[float] = ..., rerank_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., caption_ms: _Optional[float] = ...) -> None: ...
+    regions_ms: float
+    def __init__(self, encode_ms: _Optional[float] = ..., filter_ms: _Optional[float] = ..., ann_ms: _Optional[float] = ..., fetch_ms: _Optional[float] = ..., rerank_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., caption_ms: _Optional[float] = ..., regions_ms: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "timing", "filter_strategy", "candidates")
