@@ -88,3 +88,23 @@ def write_results(name: str, rows: list[dict], **info) -> Path:
     out.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, **info, "rows": rows}, indent=2))
     print(f"\nwrote {out}")
     return out
+
+
+def start_server(data_dir: Path, log: Path, *flags: str):
+    """`mmsearch serve` on a free loopback port in its own process: (process, port)."""
+    cmd = [sys.executable, "-m", "search.cli", "serve", "--address", "127.0.0.1:0", "--data-dir", str(data_dir),
+           *flags]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    line = proc.stdout.readline()
+    if "serving on" not in line:
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line!r}; see {log}")
+    return proc, int(line.split("127.0.0.1:")[1].split()[0])
+
+
+def save_json(path: str | Path, out: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the tiny sentencepiece trainer used for the tokenizer
+import harness  # noqa: E402  (import paths: the repository and tests/, for the tiny sentencepiece trainer)
+
+ROOT = harness.REPO
 
 
 def make_base_siglip(out: Path) -> Path:
@@ -83,20 +82,6 @@ def _tower_numbers(enc, batch: int, repeats: int) -> dict:
         batches.append(time.perf_counter() - t)
     one, full = statistics.median(singles), statistics.median(batches)
     return {"one_text_ms": one * 1000, "batch": batch, "batch_ms": full * 1000, "texts_per_s": batch / full}
-
-
-def start_server(data_dir: Path, batching: bool, batch_max: int, wait_ms: float, log_path: Path):
-    cmd = [sys.executable, "-m", "search.cli", "serve", "--address", "127.0.0.1:0", "--data-dir", str(data_dir),
-           "--workers", "64", "--batch-max", str(batch_max), "--batch-wait-ms", str(wait_ms)]
-    if not batching:
-        cmd.append("--no-batching")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True, cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    line = proc.stdout.readline()
-    if "serving on" not in line:
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line!r}; see {log_path}")
-    return proc, int(line.split("127.0.0.1:")[1].split()[0])
 
 
 def run_load(port: int, concurrency: int, per_client: int, tag: str) -> dict:
@@ -182,8 +167,9 @@ def main() -> int:
 
     towers, runs, rounds = [], [], []
     for batching in (True, False):
-        proc, port = start_server(data_dir, batching, args.batch_max, args.batch_wait_ms,
-                                  tmp / f"server-{'on' if batching else 'off'}.log")
+        flags = ["--workers", "64", "--batch-max", str(args.batch_max), "--batch-wait-ms", str(args.batch_wait_ms),
+                 "--preload", str(model_dir), "--health-grace", "0"] + ([] if batching else ["--no-batching"])
+        proc, port = harness.start_server(data_dir, tmp / f"server-{'on' if batching else 'off'}.log", *flags)
         try:
             for c in args.concurrency:
                 per_client = args.c1_requests if c == 1 else args.requests_per_client

@@ -16,10 +16,8 @@ Goals (issue 12): p50 <= 2 ms and p99 <= 4 ms with batching on (the shipped defa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,20 +27,6 @@ import harness  # noqa: F401  (import paths)
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def start_server(data_dir: Path, model: Path, batching: bool, log: Path, extra: list[str]):
-    cmd = [sys.executable, "-m", "search.cli", "serve", "--address", "127.0.0.1:0", "--data-dir", str(data_dir),
-           "--preload", str(model), "--health-grace", "0", *extra]
-    if not batching:
-        cmd.append("--no-batching")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    line = proc.stdout.readline()
-    if "serving on" not in line:
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line!r}; see {log}")
-    return proc, int(line.split("127.0.0.1:")[1].split()[0])
 
 
 def run_calls(port: int, calls: int, tag: str) -> dict:
@@ -109,7 +93,8 @@ def main() -> int:
     for n in range(args.rounds):
         row = {}
         for batching in (True, False):
-            proc, port = start_server(data, model, batching, tmp / "server.log", extra)
+            flags = ["--preload", str(model), "--health-grace", "0", *extra] + ([] if batching else ["--no-batching"])
+            proc, port = harness.start_server(data, tmp / "server.log", *flags)
             try:
                 r = run_calls(port, args.calls, f"r{n}{'b' if batching else 'd'}")
             finally:
@@ -136,9 +121,7 @@ def main() -> int:
                         "top_k": 10, "server_args": extra},
            "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
            "rounds": rounds, "goals": goals, "command": "python bench/serving_overhead.py " + " ".join(sys.argv[1:])}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    harness.save_json(args.out, out)
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)

@@ -14,7 +14,6 @@ probability, sigmoid(exp(logit_scale) * cos + logit_bias), printed beside the cu
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -100,9 +99,7 @@ def main() -> int:
           f"each query's own best; per-query best cut-offs {summary['per_query_best_cutoff_range']}")
     out = {"model": str(MODEL_DIR), "images": len(names), "queries": per_query, "summary": summary,
            "command": "python bench/threshold.py " + " ".join(sys.argv[1:])}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    harness.save_json(args.out, out)
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
