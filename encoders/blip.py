@@ -7,7 +7,7 @@ One file, three uses of the same checkpoint family:
 - captioning checkpoints (`BlipForConditionalGeneration`) load as a Captioner (a causal BERT decoder with
   cross-attention, greedy or beam search through encoders.generate).
 
-The vision tower (`BlipVision` + `vision_rules`) is shared with BLIP-2, whose ViT has the same layout.
+The vision tower (`blip_vision` + `vision_rules`) is shared with BLIP-2, whose ViT has the same layout.
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .api import DualEncoder, captioner, dual_encoder, reranker
-from .checkpoint import Checkpoint, Rule, build_on_meta, load_model, rows
 from mmsearch.errors import CheckpointError, InvalidInput
+
+from .api import DualEncoder, captioner, dual_encoder, reranker
+from .checkpoint import Checkpoint
 from .generate import LayerCaches, generate
-from .layers import (PatchEmbed, PostNormBlock, PreNormBlock, TextEmbeddings, activation, bert_embedding_rules,
-                     bert_layer_rules, causal_padding_mask, padding_mask)
-from .preprocess import ImagePreprocessor
+from .layers import PostNormBlock, TextEmbeddings, activation, causal_padding_mask, padding_mask
+from .preprocess import ImagePreprocessor, distinct_images
+from .rules import Rule, bert_embedding_rules, bert_layer_rules, build_on_meta, flat, flat_rows, load_model, rows
 from .tokenize import Tokenizer, load_tokenizer
+from .vit import ViTSpec, VisionTransformer
 
 
 VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -37,35 +39,18 @@ def vision_config(cfg: dict | None, **defaults) -> dict:
     return {**VISION_DEFAULTS, **defaults, **(cfg or {})}
 
 
-class BlipVision(nn.Module):
-    """ViT: [CLS] + patch tokens + learned positions, pre-norm blocks, final LayerNorm.
-    forward returns every token after the final norm, (B, 1 + patches, dim); token 0 is the image [CLS]."""
+def vision_spec(cfg: dict | None) -> ViTSpec:
+    """BLIP's (and BLIP-2's) ViT: patches with bias, [CLS] + positions, blocks, final LayerNorm over every token.
+    The module returns all tokens, (B, 1 + patches, dim); token 0 is the image [CLS] (`.cls()` for it alone)."""
+    return ViTSpec.from_config(vision_config(cfg), patch_bias=True, class_token=True)
 
-    def __init__(self, cfg: dict):
-        super().__init__()
-        cfg = vision_config(cfg)
-        dim, heads = cfg["hidden_size"], cfg["num_attention_heads"]
-        eps, act = cfg["layer_norm_eps"], cfg["hidden_act"]
-        patches = (cfg["image_size"] // cfg["patch_size"]) ** 2
-        self.dim = dim
-        self.patch_embed = PatchEmbed(cfg["num_channels"], dim, cfg["patch_size"])
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, patches + 1, dim))
-        self.blocks = nn.ModuleList(PreNormBlock(dim, heads, cfg["intermediate_size"], act=act, eps=eps)
-                                    for _ in range(cfg["num_hidden_layers"]))
-        self.norm = nn.LayerNorm(dim, eps=eps)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        patches = self.patch_embed(pixels)
-        cls = self.cls_token.expand(patches.shape[0], -1, -1)
-        x = torch.cat([cls, patches], dim=1) + self.pos_embed
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+def blip_vision(cfg: dict | None) -> VisionTransformer:
+    return VisionTransformer(vision_spec(cfg))
 
 
 def vision_rules(ours: str, theirs: str, qkv_bias: str = "fused") -> list[Rule]:
-    """Checkpoint rules for a BlipVision at prefix `ours` stored at `theirs` (e.g. "vision_model").
+    """Checkpoint rules for a BLIP vision tower (`blip_vision`) at prefix `ours` stored at `theirs` (e.g. "vision_model").
 
     The checkpoint keeps q/k/v as one `self_attn.qkv` matrix (split here into our q/k/v rows) and the output
     projection as `self_attn.projection`. qkv_bias says where the q/k/v biases are:
@@ -75,8 +60,8 @@ def vision_rules(ours: str, theirs: str, qkv_bias: str = "fused") -> list[Rule]:
     layers = f"{t}.encoder.layers"
     rules = [
         Rule(rf"{o}patch_embed\.proj\.(weight|bias)", rf"{t}.embeddings.patch_embedding.\1"),
-        Rule(rf"{o}cls_token", f"{t}.embeddings.class_embedding"),
-        Rule(rf"{o}pos_embed", f"{t}.embeddings.position_embedding"),
+        Rule(rf"{o}class_token", f"{t}.embeddings.class_embedding", flat),
+        Rule(rf"{o}pos_embed", f"{t}.embeddings.position_embedding", flat_rows),
         Rule(rf"{o}blocks\.(\d+)\.norm(1|2)\.(weight|bias)", rf"{layers}.\1.layer_norm\2.\3"),
         Rule(rf"{o}blocks\.(\d+)\.attn\.out_proj\.(weight|bias)", rf"{layers}.\1.self_attn.projection.\2"),
         Rule(rf"{o}blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", rf"{layers}.\1.mlp.\2.\3"),
@@ -168,7 +153,7 @@ class BlipRetrieval(nn.Module):
         super().__init__()
         vcfg, tcfg = vision_config(config.get("vision_config")), text_config(config)
         out = config.get("image_text_hidden_size", 256)
-        self.vision = BlipVision(vcfg)
+        self.vision = blip_vision(vcfg)
         self.text = BlipText(tcfg, cross_dim=vcfg["hidden_size"] if with_itm else None)
         if with_itm:
             self.itm_head = nn.Linear(tcfg["hidden_size"], 2)
@@ -177,7 +162,7 @@ class BlipRetrieval(nn.Module):
             self.text_proj = nn.Linear(tcfg["hidden_size"], out)
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.vision_proj(self.vision(pixel_values)[:, 0])
+        return self.vision_proj(self.vision.cls(pixel_values))
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         return self.text_proj(self.text(input_ids, attention_mask)[:, 0])
@@ -199,7 +184,7 @@ class BlipCaptionModel(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
         vcfg, tcfg = vision_config(config.get("vision_config")), text_config(config)
-        self.vision = BlipVision(vcfg)
+        self.vision = blip_vision(vcfg)
         self.decoder = BlipText(tcfg, cross_dim=vcfg["hidden_size"])
         self.head = LMHead(tcfg)
 
@@ -309,13 +294,7 @@ class BlipReranker:
         images, texts = list(images), list(texts)
         if len(images) != len(texts):
             raise InvalidInput(f"score() needs as many images as texts (got {len(images)} images, {len(texts)} texts)")
-        distinct: dict[int, int] = {}
-        unique: list[Image.Image] = []
-        for image in images:
-            if id(image) not in distinct:
-                distinct[id(image)] = len(unique)
-                unique.append(image)
-        return self._score(unique, [distinct[id(image)] for image in images], texts)
+        return self._score(*distinct_images(images), texts)
 
     def score_texts(self, image: Image.Image, texts: list[str]) -> np.ndarray:
         """P(match) of one image with each text."""

@@ -23,14 +23,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .api import captioner, reranker
-from .blip import BlipVision, vision_config, vision_rules
-from .checkpoint import Checkpoint, Rule, build_on_meta, load_model
 from mmsearch.errors import CheckpointError, InvalidInput
+
+from .api import captioner, reranker
+from .blip import blip_vision, vision_config, vision_rules
+from .checkpoint import Checkpoint
 from .generate import LayerCaches, generate
 from .layers import MLP, KVCache, PostNormBlock, padding_mask
 from .opt import OPTDecoder, opt_ignored, opt_rules
-from .preprocess import ImagePreprocessor
+from .preprocess import ImagePreprocessor, distinct_images
+from .rules import Rule, build_on_meta, load_model
 from .t5 import T5EncoderDecoder, t5_config, t5_ignored, t5_rules
 from .tokenize import load_tokenizer
 
@@ -124,7 +126,7 @@ def select_memory(memory: list[KVCache | None], index: torch.Tensor | None) -> l
 class Blip2Base(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
-        self.vision = BlipVision(config["vision_config"])
+        self.vision = blip_vision(config["vision_config"])
         q = config["qformer_config"]
         self.query_tokens = nn.Parameter(torch.zeros(1, config["num_query_tokens"], q["hidden_size"]))
         self.qformer = QFormer(q)
@@ -198,19 +200,6 @@ def _fp32_parts(dtype: torch.dtype) -> list[str]:
     return KEEP_FP32 if dtype != torch.float32 else []
 
 
-def _unique_images(images: list[Image.Image]) -> tuple[list[Image.Image], list[int]]:
-    """The distinct image objects (by identity) and, for each input, its index among them."""
-    seen: dict[int, int] = {}
-    unique, index = [], []
-    for image in images:
-        key = id(image)
-        if key not in seen:
-            seen[key] = len(unique)
-            unique.append(image)
-        index.append(seen[key])
-    return unique, index
-
-
 class Blip2Reranker:
     """rr.score(images, texts) -> float32 (n,) P(match) of pair i. A single image is scored against every
     text; the image side (ViT + cross-attention keys/values) is computed once per distinct image."""
@@ -235,7 +224,7 @@ class Blip2Reranker:
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
                 stop = start + self.batch_size
-                unique, index = _unique_images(images[start:stop])
+                unique, index = distinct_images(images[start:stop])
                 pixels = self.image_preprocessor(unique).to(self.device, self.dtype)
                 memory = self.model.image_memory(pixels)
                 rows = None if len(unique) == len(index) else torch.tensor(index, device=self.device)

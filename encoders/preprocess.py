@@ -130,6 +130,19 @@ def load_image(source: str | os.PathLike | bytes | bytearray | memoryview, *, ma
         stream.close()
 
 
+def distinct_images(images: list[Image.Image]) -> tuple[list[Image.Image], list[int]]:
+    """The distinct image objects (by identity) and, for each input, its index among them: a model that sees
+    the same image several times (one image, many texts or questions) encodes it once."""
+    seen: dict[int, int] = {}
+    unique, index = [], []
+    for image in images:
+        if id(image) not in seen:
+            seen[id(image)] = len(unique)
+            unique.append(image)
+        index.append(seen[id(image)])
+    return unique, index
+
+
 @dataclass
 class ImagePreprocessor:
     """PIL images -> normalised float32 tensor (N, 3, H, W). Plain data, so it pickles into workers."""
