@@ -22,7 +22,7 @@ from .layers import l2_normalize
 from .preprocess import ImagePreprocessor
 from .tokenize import Tokenizer
 
-FAMILY_MODULES = ["siglip", "altclip", "groupvit", "blip", "blip2"]
+FAMILY_MODULES = ["siglip", "clip", "altclip", "groupvit", "blip", "blip2"]
 
 Builder = Callable[[Checkpoint, torch.device, torch.dtype], object]
 _DUAL: dict[str, Builder] = {}
@@ -90,7 +90,7 @@ def _build(table: dict[str, Builder], what: str, path_or_id, device, dtype):
 
 def load(path_or_id: str | os.PathLike, device: str | torch.device | None = "cpu",
          dtype: str | torch.dtype | None = None) -> "DualEncoder":
-    """A DualEncoder for a SigLIP, AltCLIP, GroupViT or BLIP retrieval checkpoint."""
+    """A DualEncoder for a SigLIP, CLIP, AltCLIP, GroupViT or BLIP retrieval checkpoint."""
     return _build(_DUAL, "dual encoder", path_or_id, device, dtype)
 
 

@@ -1,4 +1,5 @@
-"""CLIP's towers: a ViT image tower pooled at [CLS] and a causal text transformer pooled at the end-of-text token.
+"""CLIP (openai/clip-vit-*, laion/CLIP-ViT-*): a ViT image tower pooled at [CLS] and a causal text transformer
+pooled at the end-of-text token, each followed by a bias-free projection into the shared space.
 
 The pieces are shared: the CLIP vision tower (`vision_spec` + `vision_rules`) is also AltCLIP's image tower,
 and the text transformer (`ClipText` + `text_rules`) is also GroupViT's text tower. `tower_configs` fills a
@@ -13,8 +14,12 @@ from torch import nn
 
 from mmsearch.errors import InvalidInput
 
+from .api import DualEncoder, dual_encoder
+from .checkpoint import Checkpoint
 from .layers import PreNormBlock
-from .rules import Rule, clip_layer_rules
+from .preprocess import ImagePreprocessor
+from .rules import Rule, build_on_meta, clip_layer_rules, load_model
+from .tokenize import load_tokenizer
 from .vit import ViTSpec, VisionTransformer
 
 # transformers' CLIPVisionConfig / CLIPTextConfig defaults (openai/clip-vit-base-patch32)
@@ -105,3 +110,53 @@ def text_rules(ours: str, theirs: str) -> list[Rule]:
         *clip_layer_rules(f"{ours}.blocks", f"{theirs}.encoder.layers"),
         Rule(rf"{o}\.norm\.(weight|bias)", rf"{theirs}.final_layer_norm.\1"),
     ]
+
+
+class ClipModel(nn.Module):
+    def __init__(self, config: dict):
+        super().__init__()
+        vision_cfg, text_cfg = config["vision_config"], config["text_config"]
+        self.vision = VisionTransformer(vision_spec(vision_cfg))
+        self.text = ClipText(text_cfg)
+        self.visual_projection = nn.Linear(vision_cfg["hidden_size"], config["projection_dim"], bias=False)
+        self.text_projection = nn.Linear(text_cfg["hidden_size"], config["projection_dim"], bias=False)
+        self.logit_scale = nn.Parameter(torch.zeros(()))
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.visual_projection(self.vision.pooled(pixel_values))
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.text_projection(self.text(input_ids, attention_mask))
+
+
+RULES = [
+    *vision_rules("vision", "vision_model"),
+    *text_rules("text", "text_model"),
+    Rule(r"(visual_projection|text_projection)\.weight", r"\1.weight"),
+    Rule(r"logit_scale", "logit_scale"),
+]
+IGNORED = [r".*position_ids"]
+
+
+def with_config_defaults(config: dict) -> dict:
+    text, vision = tower_configs(config, TEXT_DEFAULTS, VISION_DEFAULTS)
+    return {**config, "text_config": text, "vision_config": vision, "projection_dim": config.get("projection_dim", 512)}
+
+
+def build_model(config: dict) -> ClipModel:
+    """A randomly initialised CLIP of the given config (benchmarks)."""
+    return ClipModel(with_config_defaults(config))
+
+
+@dual_encoder("clip")
+def load_clip(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> DualEncoder:
+    config = with_config_defaults(ckpt.config)
+    digest = ckpt.digest
+    model = build_on_meta(lambda: ClipModel(config))
+    load_model(model, ckpt, RULES, ignore=IGNORED, dtype=dtype, device=device, family="CLIP")
+    tokenizer = load_tokenizer(ckpt.dir, default_max_length=config["text_config"]["max_position_embeddings"])
+    # transformers fails on texts past the position table; we truncate there
+    tokenizer.max_length = min(tokenizer.max_length, config["text_config"]["max_position_embeddings"])
+    return DualEncoder(name=ckpt.name, family="clip", model=model, dim=config["projection_dim"], digest=digest,
+                       image_preprocessor=ImagePreprocessor.from_checkpoint_dir(ckpt.dir), tokenizer=tokenizer,
+                       device=device, dtype=dtype)
