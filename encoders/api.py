@@ -81,7 +81,7 @@ def resolve_device_dtype(device: str | torch.device | None, dtype: str | torch.d
     return device, resolved
 
 
-def _build(table: dict[str, Builder], what: str, path_or_id, device, dtype):
+def _build(table: dict[str, Builder], what: str, path_or_id, device, dtype, exact_decode: bool):
     device, dtype = resolve_device_dtype(device, dtype)
     ckpt = open_checkpoint(path_or_id)
     _import_families()
@@ -90,31 +90,37 @@ def _build(table: dict[str, Builder], what: str, path_or_id, device, dtype):
         known = ", ".join(sorted(table)) or "none"
         raise CheckpointError(f"{ckpt.dir / 'config.json'}: model_type {ckpt.model_type!r} cannot be loaded as a {what} "
                               f"(supported: {known})")
-    return builder(ckpt, device, dtype)
+    built = builder(ckpt, device, dtype)
+    built.image_preprocessor.exact_decode = bool(exact_decode)
+    return built
 
+
+# exact_decode=True: image files are decoded in full (the reference's pixels) instead of in JPEG draft mode (see
+# ImagePreprocessor.exact_decode), wherever files are decoded for the model through load_image with the
+# preprocessor's draft_size: the bulk indexer and `mmsearch embed`.
 
 def load(path_or_id: str | os.PathLike, device: str | torch.device | None = "cpu",
-         dtype: str | torch.dtype | None = None) -> "DualEncoder":
-    """A DualEncoder for a SigLIP, AltCLIP, GroupViT or BLIP retrieval checkpoint."""
-    return _build(_DUAL, "dual encoder", path_or_id, device, dtype)
+         dtype: str | torch.dtype | None = None, *, exact_decode: bool = False) -> "DualEncoder":
+    """A DualEncoder for a SigLIP, CLIP, AltCLIP, GroupViT or BLIP retrieval checkpoint."""
+    return _build(_DUAL, "dual encoder", path_or_id, device, dtype, exact_decode)
 
 
 def load_reranker(path_or_id: str | os.PathLike, device: str | torch.device | None = "cpu",
-                  dtype: str | torch.dtype | None = None) -> "Reranker":
+                  dtype: str | torch.dtype | None = None, *, exact_decode: bool = False) -> "Reranker":
     """An image-text matching scorer for a BLIP or BLIP-2 ITM checkpoint."""
-    return _build(_RERANK, "reranker", path_or_id, device, dtype)
+    return _build(_RERANK, "reranker", path_or_id, device, dtype, exact_decode)
 
 
 def load_captioner(path_or_id: str | os.PathLike, device: str | torch.device | None = "cpu",
-                   dtype: str | torch.dtype | None = None) -> "Captioner":
+                   dtype: str | torch.dtype | None = None, *, exact_decode: bool = False) -> "Captioner":
     """A captioner for a BLIP captioning or BLIP-2 (OPT / Flan-T5) checkpoint."""
-    return _build(_CAPTION, "captioner", path_or_id, device, dtype)
+    return _build(_CAPTION, "captioner", path_or_id, device, dtype, exact_decode)
 
 
 def load_answerer(path_or_id: str | os.PathLike, device: str | torch.device | None = "cpu",
-                  dtype: str | torch.dtype | None = None) -> "Answerer":
+                  dtype: str | torch.dtype | None = None, *, exact_decode: bool = False) -> "Answerer":
     """A visual question answerer for a BLIP VQA or a BLIP-2 (OPT / Flan-T5, prompted) checkpoint."""
-    return _build(_ANSWER, "question answerer", path_or_id, device, dtype)
+    return _build(_ANSWER, "question answerer", path_or_id, device, dtype, exact_decode)
 
 
 class TwoTowerModel(Protocol):
