@@ -1,7 +1,8 @@
 """Plumbing shared by the benchmarks: import paths, timing, child processes, result tables.
 
-Import it first (`import harness`): it takes bench/ off the import path, because bench/encoders.py
-is named like the `encoders` package, and puts the repository and tests/ (tiny-checkpoint helpers) on it.
+Import it first (`import harness`): it moves bench/ to the end of the import path, because bench/encoders.py
+is named like the `encoders` package (the other bench modules stay importable), and puts the repository and
+tests/ (tiny-checkpoint helpers) in front.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from typing import Callable
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
+# the code under test: this checkout, or another tree a Worker was started on (bench/encoders_revisions.py)
+CODE = Path(os.environ.get("MMSEARCH_BENCH_CODE") or REPO)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-for _path in (str(REPO / "tests"), str(REPO)):
+for _path in (str(REPO / "tests"), str(CODE)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
+sys.path.append(str(HERE))
 
 
 def default_workdir() -> str:
@@ -32,6 +36,86 @@ def default_workdir() -> str:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def interleave(calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each named call in each of `rounds` rounds, after `warmup` untimed calls each. Every round
+    runs every call once, on the same inputs, the order turning by one place per round (A B C, B C A, ...),
+    so drift on a shared machine and order effects fall on all of them alike; compare them round by round
+    (`paired`)."""
+    names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            calls[name]()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def paired(faster: list[float], slower: list[float]) -> dict:
+    """Per-round speed ratios slower_seconds / faster_seconds (> 1: `faster` is faster) of two series from the
+    same `interleave` run: their median and spread."""
+    ratios = sorted(b / a for a, b in zip(faster, slower))
+    if not ratios:
+        raise ValueError("no rounds")
+    n = len(ratios)
+    median = ratios[n // 2] if n % 2 else (ratios[n // 2 - 1] + ratios[n // 2]) / 2
+    return {"median": round(median, 3), "min": round(ratios[0], 3), "max": round(ratios[-1], 3), "rounds": n}
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
+class Worker:
+    """A child process that holds one implementation (e.g. our code at another revision: its own PYTHONPATH)
+    and runs its timed call on request, so calls in different processes can still be interleaved.
+
+    The child is `python script --worker ARGS...`; it loads, prints one JSON line (its info), then answers each
+    "run" line on stdin with one JSON line {"seconds": ...} and exits on "quit" (see `serve_worker`)."""
+
+    def __init__(self, script: str | Path, args: list[str], code: str | Path | None = None):
+        env = dict(os.environ)
+        if code is not None:  # import encoders (and the rest of the project) from this tree
+            env["MMSEARCH_BENCH_CODE"] = str(code)
+            env["PYTHONPATH"] = str(code)
+        self.proc = subprocess.Popen([sys.executable, str(script), "--worker", *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.info = self._reply()
+
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.proc.args[2:]} died:\n{self.proc.stderr.read()[-3000:]}")
+        return json.loads(line)
+
+    def run(self) -> float:
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        return self._reply()["seconds"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=60)
+
+
+def serve_worker(call: Callable[[], object], **info) -> None:
+    """The child side of `Worker`: report `info`, then time `call` once per "run" line."""
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "quit":
+            return
+        start = time.perf_counter()
+        call()
+        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
 
 
 def alternate(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:

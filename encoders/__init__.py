@@ -2,7 +2,7 @@
 
 from mmsearch.errors import CheckpointError, ImageError
 
-from .api import Captioner, DualEncoder, Reranker, load, load_captioner, load_reranker
+from .api import Answerer, Captioner, DualEncoder, Reranker, load, load_answerer, load_captioner, load_reranker
 
-__all__ = ["load", "load_reranker", "load_captioner", "DualEncoder", "Reranker", "Captioner",
-           "CheckpointError", "ImageError"]
+__all__ = ["load", "load_reranker", "load_captioner", "load_answerer", "DualEncoder", "Reranker", "Captioner",
+           "Answerer", "CheckpointError", "ImageError"]

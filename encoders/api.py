@@ -1,9 +1,9 @@
-"""The three contracts (DualEncoder, Reranker, Captioner) and the loaders that pick a family by the
+"""The four contracts (DualEncoder, Reranker, Captioner, Answerer) and the loaders that pick a family by the
 checkpoint's `model_type`.
 
-Each family module registers builders with `@dual_encoder("model_type")`, `@reranker(...)` or
-`@captioner(...)`; a builder gets the opened Checkpoint, a device and a dtype and returns the contract
-object. The families are imported on first use (see FAMILY_MODULES).
+Each family module registers builders with `@dual_encoder("model_type")`, `@reranker(...)`,
+`@captioner(...)` or `@answerer(...)`; a builder gets the opened Checkpoint, a device and a dtype and returns
+the contract object. The families are imported on first use (see FAMILY_MODULES).
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from .layers import l2_normalize
 from .preprocess import ImagePreprocessor
 from .tokenize import Tokenizer
 
-FAMILY_MODULES = ["siglip", "altclip", "groupvit", "blip", "blip2"]
+FAMILY_MODULES = ["siglip", "clip", "altclip", "groupvit", "blip", "blip2"]
 
 Builder = Callable[[Checkpoint, torch.device, torch.dtype], object]
 _DUAL: dict[str, Builder] = {}
 _RERANK: dict[str, Builder] = {}
 _CAPTION: dict[str, Builder] = {}
+_ANSWER: dict[str, Builder] = {}
 
 
 def _register(table: dict[str, Builder], model_types: tuple[str, ...]):
@@ -48,6 +49,10 @@ def reranker(*model_types: str):
 
 def captioner(*model_types: str):
     return _register(_CAPTION, model_types)
+
+
+def answerer(*model_types: str):
+    return _register(_ANSWER, model_types)
 
 
 def _import_families() -> None:
@@ -76,7 +81,7 @@ def resolve_device_dtype(device: str | torch.device | None, dtype: str | torch.d
     return device, resolved
 
 
-def _build(table: dict[str, Builder], what: str, path_or_id, device, dtype):
+def _build(table: dict[str, Builder], what: str, path_or_id, device, dtype, exact_decode: bool):
     device, dtype = resolve_device_dtype(device, dtype)
     ckpt = open_checkpoint(path_or_id)
     _import_families()
@@ -86,30 +91,42 @@ def _build(table: dict[str, Builder], what: str, path_or_id, device, dtype):
         raise CheckpointError(f"{ckpt.dir / 'config.json'}: model_type {ckpt.model_type!r} cannot be loaded as a {what} "
                               f"(supported: {known})")
     try:
-        return builder(ckpt, device, dtype)
+        built = builder(ckpt, device, dtype)
     except MMSearchError:
         raise
     except (ValueError, KeyError, TypeError, IndexError) as exc:  # a config the family cannot build
         raise CheckpointError(f"{ckpt.dir}: cannot build a {what} from this checkpoint "
                               f"({type(exc).__name__}: {exc})") from exc
+    built.image_preprocessor.exact_decode = bool(exact_decode)
+    return built
 
+
+# exact_decode=True: image files are decoded in full (the reference's pixels) instead of in JPEG draft mode (see
+# ImagePreprocessor.exact_decode), wherever files are decoded for the model through load_image with the
+# preprocessor's draft_size: the bulk indexer and `mmsearch embed`.
 
 def load(path_or_id: str | os.PathLike, device: str | torch.device | None = "cpu",
-         dtype: str | torch.dtype | None = None) -> "DualEncoder":
-    """A DualEncoder for a SigLIP, AltCLIP, GroupViT or BLIP retrieval checkpoint."""
-    return _build(_DUAL, "dual encoder", path_or_id, device, dtype)
+         dtype: str | torch.dtype | None = None, *, exact_decode: bool = False) -> "DualEncoder":
+    """A DualEncoder for a SigLIP, CLIP, AltCLIP, GroupViT or BLIP retrieval checkpoint."""
+    return _build(_DUAL, "dual encoder", path_or_id, device, dtype, exact_decode)
 
 
 def load_reranker(path_or_id: str | os.PathLike, device: str | torch.device | None = "cpu",
-                  dtype: str | torch.dtype | None = None) -> "Reranker":
+                  dtype: str | torch.dtype | None = None, *, exact_decode: bool = False) -> "Reranker":
     """An image-text matching scorer for a BLIP or BLIP-2 ITM checkpoint."""
-    return _build(_RERANK, "reranker", path_or_id, device, dtype)
+    return _build(_RERANK, "reranker", path_or_id, device, dtype, exact_decode)
 
 
 def load_captioner(path_or_id: str | os.PathLike, device: str | torch.device | None = "cpu",
-                   dtype: str | torch.dtype | None = None) -> "Captioner":
+                   dtype: str | torch.dtype | None = None, *, exact_decode: bool = False) -> "Captioner":
     """A captioner for a BLIP captioning or BLIP-2 (OPT / Flan-T5) checkpoint."""
-    return _build(_CAPTION, "captioner", path_or_id, device, dtype)
+    return _build(_CAPTION, "captioner", path_or_id, device, dtype, exact_decode)
+
+
+def load_answerer(path_or_id: str | os.PathLike, device: str | torch.device | None = "cpu",
+                  dtype: str | torch.dtype | None = None, *, exact_decode: bool = False) -> "Answerer":
+    """A visual question answerer for a BLIP VQA or a BLIP-2 (OPT / Flan-T5, prompted) checkpoint."""
+    return _build(_ANSWER, "question answerer", path_or_id, device, dtype, exact_decode)
 
 
 class TwoTowerModel(Protocol):
@@ -175,3 +192,42 @@ class Captioner(Protocol):
     def caption(self, images: list[Image.Image], prompt: str | None = None, max_new_tokens: int = 30,
                 num_beams: int = 1) -> list[str]:
         ...
+
+
+class Answerer(Protocol):
+    name: str
+
+    def answer(self, images: list[Image.Image], questions: list[str], max_new_tokens: int = 20,
+               num_beams: int = 1) -> list[str]:
+        """One answer per question, about the image at the same position (or the single image given)."""
+        ...
+
+
+MAX_NEW_TOKENS = 512
+MAX_BEAMS = 16
+
+
+def check_generation(max_new_tokens, num_beams) -> tuple[int, int]:
+    """The generation settings as ints, or InvalidInput saying which one is out of range."""
+    for name, value, top in (("max_new_tokens", max_new_tokens, MAX_NEW_TOKENS), ("num_beams", num_beams, MAX_BEAMS)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= top:
+            raise InvalidInput(f"{name} must be an integer between 1 and {top}, got {value!r}")
+    return int(max_new_tokens), int(num_beams)
+
+
+def question_pairs(images, questions) -> tuple[list[Image.Image], list[str]]:
+    """(images, questions) as two lists of the same length: one image may stand for every question. Anything
+    else (a question that is not a string, a count mismatch) is an InvalidInput."""
+    images, questions = list(images), list(questions)
+    for q in questions:
+        if not isinstance(q, str):
+            raise InvalidInput(f"questions must be strings, got {type(q).__name__}")
+    for image in images:
+        if not isinstance(image, Image.Image):
+            raise InvalidInput(f"images must be PIL images, got {type(image).__name__}")
+    if len(images) == 1 and len(questions) > 1:
+        images = images * len(questions)
+    if len(images) != len(questions):
+        raise InvalidInput(f"answer() needs one image per question (or a single image): got {len(images)} images "
+                           f"and {len(questions)} questions")
+    return images, questions

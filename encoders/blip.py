@@ -1,13 +1,15 @@
 """BLIP (Salesforce/blip-*): a ViT image tower and a BERT text tower that can cross-attend to the image.
 
-One file, three uses of the same checkpoint family:
+One file, four uses of the same checkpoint family:
 - retrieval checkpoints (`BlipForImageTextRetrieval`) load as a DualEncoder (ITC: projections of the image
   [CLS] and the text's first token) and as a Reranker (ITM: the text tower cross-attends to the image,
   a 2-way head gives P(match));
 - captioning checkpoints (`BlipForConditionalGeneration`) load as a Captioner (a causal BERT decoder with
-  cross-attention, greedy or beam search through encoders.generate).
+  cross-attention, greedy or beam search through encoders.generate);
+- VQA checkpoints (`BlipForQuestionAnswering`) load as an Answerer (the text tower encodes the question
+  against the image; the same decoder generates the answer against the question's states).
 
-The vision tower (`BlipVision` + `vision_rules`) is shared with BLIP-2, whose ViT has the same layout.
+The vision tower (`blip_vision` + `vision_rules`) is shared with BLIP-2, whose ViT has the same layout.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .api import DualEncoder, captioner, dual_encoder, reranker
-from .checkpoint import Checkpoint, Rule, build_on_meta, load_model, rows
 from mmsearch.errors import CheckpointError, InvalidInput
+
+from .api import DualEncoder, answerer, captioner, check_generation, dual_encoder, question_pairs, reranker
+from .checkpoint import Checkpoint
 from .generate import LayerCaches, generate
-from .layers import (PatchEmbed, PostNormBlock, PreNormBlock, TextEmbeddings, activation, bert_embedding_rules,
-                     bert_layer_rules, causal_padding_mask, padding_mask)
-from .preprocess import ImagePreprocessor
+from .layers import PostNormBlock, TextEmbeddings, activation, causal_padding_mask, padding_mask
+from .preprocess import ImagePreprocessor, distinct_images
+from .rules import Rule, bert_embedding_rules, bert_layer_rules, build_on_meta, flat, flat_rows, load_model, rows
 from .tokenize import Tokenizer, load_tokenizer
+from .vit import ViTSpec, VisionTransformer
 
 
 VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -37,35 +41,18 @@ def vision_config(cfg: dict | None, **defaults) -> dict:
     return {**VISION_DEFAULTS, **defaults, **(cfg or {})}
 
 
-class BlipVision(nn.Module):
-    """ViT: [CLS] + patch tokens + learned positions, pre-norm blocks, final LayerNorm.
-    forward returns every token after the final norm, (B, 1 + patches, dim); token 0 is the image [CLS]."""
+def vision_spec(cfg: dict | None) -> ViTSpec:
+    """BLIP's (and BLIP-2's) ViT: patches with bias, [CLS] + positions, blocks, final LayerNorm over every token.
+    The module returns all tokens, (B, 1 + patches, dim); token 0 is the image [CLS] (`.cls()` for it alone)."""
+    return ViTSpec.from_config(vision_config(cfg), patch_bias=True, class_token=True)
 
-    def __init__(self, cfg: dict):
-        super().__init__()
-        cfg = vision_config(cfg)
-        dim, heads = cfg["hidden_size"], cfg["num_attention_heads"]
-        eps, act = cfg["layer_norm_eps"], cfg["hidden_act"]
-        patches = (cfg["image_size"] // cfg["patch_size"]) ** 2
-        self.dim = dim
-        self.patch_embed = PatchEmbed(cfg["num_channels"], dim, cfg["patch_size"])
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, patches + 1, dim))
-        self.blocks = nn.ModuleList(PreNormBlock(dim, heads, cfg["intermediate_size"], act=act, eps=eps)
-                                    for _ in range(cfg["num_hidden_layers"]))
-        self.norm = nn.LayerNorm(dim, eps=eps)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        patches = self.patch_embed(pixels)
-        cls = self.cls_token.expand(patches.shape[0], -1, -1)
-        x = torch.cat([cls, patches], dim=1) + self.pos_embed
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+def blip_vision(cfg: dict | None) -> VisionTransformer:
+    return VisionTransformer(vision_spec(cfg))
 
 
 def vision_rules(ours: str, theirs: str, qkv_bias: str = "fused") -> list[Rule]:
-    """Checkpoint rules for a BlipVision at prefix `ours` stored at `theirs` (e.g. "vision_model").
+    """Checkpoint rules for a BLIP vision tower (`blip_vision`) at prefix `ours` stored at `theirs` (e.g. "vision_model").
 
     The checkpoint keeps q/k/v as one `self_attn.qkv` matrix (split here into our q/k/v rows) and the output
     projection as `self_attn.projection`. qkv_bias says where the q/k/v biases are:
@@ -75,8 +62,8 @@ def vision_rules(ours: str, theirs: str, qkv_bias: str = "fused") -> list[Rule]:
     layers = f"{t}.encoder.layers"
     rules = [
         Rule(rf"{o}patch_embed\.proj\.(weight|bias)", rf"{t}.embeddings.patch_embedding.\1"),
-        Rule(rf"{o}cls_token", f"{t}.embeddings.class_embedding"),
-        Rule(rf"{o}pos_embed", f"{t}.embeddings.position_embedding"),
+        Rule(rf"{o}class_token", f"{t}.embeddings.class_embedding", flat),
+        Rule(rf"{o}pos_embed", f"{t}.embeddings.position_embedding", flat_rows),
         Rule(rf"{o}blocks\.(\d+)\.norm(1|2)\.(weight|bias)", rf"{layers}.\1.layer_norm\2.\3"),
         Rule(rf"{o}blocks\.(\d+)\.attn\.out_proj\.(weight|bias)", rf"{layers}.\1.self_attn.projection.\2"),
         Rule(rf"{o}blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", rf"{layers}.\1.mlp.\2.\3"),
@@ -145,6 +132,16 @@ class BlipText(nn.Module):
         for block, cache in zip(self.blocks, caches.cross_attn):
             cache.extend(*block.cross_attn.project_kv(memory))
 
+    def attend_to(self, memory: torch.Tensor, memory_index: torch.Tensor, input_ids: torch.Tensor,
+                  attention_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states of texts, row i cross-attending to memory row memory_index[i]. The cross-attention
+        keys/values depend only on the memory (an image), so they are projected once per memory row and
+        shared by every text paired with it."""
+        caches = LayerCaches(len(self.blocks), cross=True)
+        self.fill_cross_caches(memory, caches)
+        caches.reorder(memory_index)
+        return self(input_ids, attention_mask, memory=memory, caches=caches)
+
 
 class LMHead(nn.Module):
     """BERT's prediction head: dense + act + LayerNorm, then the vocabulary projection."""
@@ -168,7 +165,7 @@ class BlipRetrieval(nn.Module):
         super().__init__()
         vcfg, tcfg = vision_config(config.get("vision_config")), text_config(config)
         out = config.get("image_text_hidden_size", 256)
-        self.vision = BlipVision(vcfg)
+        self.vision = blip_vision(vcfg)
         self.text = BlipText(tcfg, cross_dim=vcfg["hidden_size"] if with_itm else None)
         if with_itm:
             self.itm_head = nn.Linear(tcfg["hidden_size"], 2)
@@ -177,19 +174,15 @@ class BlipRetrieval(nn.Module):
             self.text_proj = nn.Linear(tcfg["hidden_size"], out)
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.vision_proj(self.vision(pixel_values)[:, 0])
+        return self.vision_proj(self.vision.cls(pixel_values))
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         return self.text_proj(self.text(input_ids, attention_mask)[:, 0])
 
     def match_probability(self, image_tokens: torch.Tensor, image_index: torch.Tensor, input_ids: torch.Tensor,
                           attention_mask: torch.Tensor) -> torch.Tensor:
-        """P(match) for text row i against image image_index[i]. The cross-attention keys/values depend only
-        on the image, so they are projected once per distinct image and shared by every text paired with it."""
-        caches = LayerCaches(len(self.text.blocks), cross=True)
-        self.text.fill_cross_caches(image_tokens, caches)
-        caches.reorder(image_index)  # row i attends to the keys/values of its own image
-        hidden = self.text(input_ids, attention_mask, memory=image_tokens, caches=caches)
+        """P(match) for text row i against image image_index[i] (each image's keys/values projected once)."""
+        hidden = self.text.attend_to(image_tokens, image_index, input_ids, attention_mask)
         return self.itm_head(hidden[:, 0]).float().softmax(dim=-1)[:, 1]
 
 
@@ -199,19 +192,33 @@ class BlipCaptionModel(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
         vcfg, tcfg = vision_config(config.get("vision_config")), text_config(config)
-        self.vision = BlipVision(vcfg)
+        self.vision = blip_vision(vcfg)
         self.decoder = BlipText(tcfg, cross_dim=vcfg["hidden_size"])
         self.head = LMHead(tcfg)
 
 
-class BlipDecodeState:
-    """encoders.generate's DecoderState for the BLIP decoder over a batch of image tokens."""
+class BlipVQAModel(nn.Module):
+    """BlipForQuestionAnswering: the vision tower; a question encoder (the BERT text tower, cross-attending to
+    the image tokens); an answer decoder (causal BERT + LM head) that cross-attends to the question's states."""
 
-    def __init__(self, model: BlipCaptionModel, image_tokens: torch.Tensor):
+    def __init__(self, config: dict):
+        super().__init__()
+        vcfg, tcfg = vision_config(config.get("vision_config")), text_config(config)
+        self.vision = blip_vision(vcfg)
+        self.text = BlipText(tcfg, cross_dim=vcfg["hidden_size"])
+        self.decoder = BlipText(tcfg, cross_dim=tcfg["hidden_size"])
+        self.head = LMHead(tcfg)
+
+
+class BlipDecodeState:
+    """encoders.generate's DecoderState for the BLIP decoder (of a BlipCaptionModel or a BlipVQAModel) over a
+    batch of memory rows: image tokens (captions) or question states (answers)."""
+
+    def __init__(self, model: BlipCaptionModel | BlipVQAModel, memory: torch.Tensor):
         self.model = model
-        self.memory = image_tokens
+        self.memory = memory
         self.caches = LayerCaches(len(model.decoder.blocks), cross=True)
-        model.decoder.fill_cross_caches(image_tokens, self.caches)
+        model.decoder.fill_cross_caches(memory, self.caches)
 
     def step(self, input_ids: torch.Tensor) -> torch.Tensor:
         hidden = self.model.decoder(input_ids, memory=self.memory, caches=self.caches, causal=True)
@@ -236,6 +243,7 @@ ITM_IGNORED = [r".*position_ids", r"(vision|text)_proj\..*", r"text_encoder\.poo
 
 
 def _caption_rules(tied: bool) -> list[Rule]:
+    """The vision tower, the decoder (`text_decoder.bert`) and its LM head: captioning and VQA checkpoints."""
     head = "text_decoder.cls.predictions"
     return [*vision_rules("vision", "vision_model"),
             *bert_embedding_rules("decoder.embed", "text_decoder.bert.embeddings"),
@@ -252,23 +260,45 @@ def _caption_rules(tied: bool) -> list[Rule]:
 CAPTION_IGNORED = [r".*position_ids", r"text_decoder\.cls\.predictions\.decoder\.(weight|bias)"]
 
 
-def _check_kind(ckpt: Checkpoint, wanted: str) -> None:
-    """Retrieval and captioning checkpoints share model_type "blip"; tell them apart by their tensors."""
+def _vqa_rules(tied: bool) -> list[Rule]:
+    return [*_caption_rules(tied),
+            *bert_embedding_rules("text.embed", "text_encoder.embeddings"),
+            *bert_layer_rules("text.blocks", "text_encoder.encoder.layer")]
+
+
+VQA_IGNORED = [*CAPTION_IGNORED, r"text_encoder\.pooler\..*"]
+
+
+KINDS = {  # what each kind of checkpoint is for, as the error messages say it
+    "retrieval": "an image-text retrieval model (itm_head); load it with encoders.load or encoders.load_reranker",
+    "captioning": "a captioning model (text_decoder, no text_encoder); load it with encoders.load_captioner",
+    "vqa": "a question answering model (text_encoder + text_decoder); load it with encoders.load_answerer",
+}
+
+
+def checkpoint_kind(ckpt: Checkpoint) -> str | None:
+    """Retrieval, captioning and VQA checkpoints share model_type "blip"; tell them apart by their tensors."""
     names = set(ckpt.tensor_names())
-    kinds = {"retrieval": "itm_head.weight" in names,
-             "captioning": any(n.startswith("text_decoder.") for n in names)}
-    if kinds[wanted]:
+    if "itm_head.weight" in names:
+        return "retrieval"
+    decoder = any(n.startswith("text_decoder.") for n in names)
+    encoder = any(n.startswith("text_encoder.") for n in names)
+    if decoder:
+        return "vqa" if encoder else "captioning"
+    return None
+
+
+def _check_kind(ckpt: Checkpoint, wanted: str) -> None:
+    kind = checkpoint_kind(ckpt)
+    if kind == wanted:
         return
     arch = ", ".join(ckpt.config.get("architectures") or []) or "unknown architecture"
     config = ckpt.dir / "config.json"
-    if kinds["captioning"]:
-        raise CheckpointError(f"{config}: this BLIP checkpoint ({arch}) is a captioning model (text_decoder.*, no "
-                              f"itm_head); load it with encoders.load_captioner, not as a dual encoder or reranker")
-    if kinds["retrieval"]:
-        raise CheckpointError(f"{config}: this BLIP checkpoint ({arch}) is an image-text retrieval model "
-                              f"(itm_head, no text_decoder.*); load it with encoders.load or encoders.load_reranker")
+    if kind is not None:
+        raise CheckpointError(f"{config}: this BLIP checkpoint ({arch}) is {KINDS[kind]}")
     raise CheckpointError(f"{config}: BLIP checkpoint ({arch}) has neither an ITM head nor a text decoder; only "
-                          f"BlipForImageTextRetrieval and BlipForConditionalGeneration checkpoints are supported")
+                          f"BlipForImageTextRetrieval, BlipForConditionalGeneration and BlipForQuestionAnswering "
+                          f"checkpoints are supported")
 
 
 def _tokenizer(ckpt: Checkpoint) -> Tokenizer:
@@ -309,13 +339,7 @@ class BlipReranker:
         images, texts = list(images), list(texts)
         if len(images) != len(texts):
             raise InvalidInput(f"score() needs as many images as texts (got {len(images)} images, {len(texts)} texts)")
-        distinct: dict[int, int] = {}
-        unique: list[Image.Image] = []
-        for image in images:
-            if id(image) not in distinct:
-                distinct[id(image)] = len(unique)
-                unique.append(image)
-        return self._score(unique, [distinct[id(image)] for image in images], texts)
+        return self._score(*distinct_images(images), texts)
 
     def score_texts(self, image: Image.Image, texts: list[str]) -> np.ndarray:
         """P(match) of one image with each text."""
@@ -361,12 +385,12 @@ def load_blip_reranker(ckpt: Checkpoint, device: torch.device, dtype: torch.dtyp
                         device, dtype, digest)
 
 
-class BlipCaptioner:
-    """BLIP captions: greedy or beam search with the prompt handling of transformers'
-    BlipForConditionalGeneration.generate ([DEC] replaces [CLS], the prompt's trailing [SEP] is dropped,
-    generation stops at [SEP]); the returned text includes the prompt, as the BLIP processor's decode does."""
+class BlipGenerator:
+    """What BLIP's captioner and answerer share: the decoder's special ids, the checkpoint's generation settings
+    and the search over them."""
 
-    def __init__(self, name: str, model: BlipCaptionModel, preprocessor: ImagePreprocessor, tokenizer: Tokenizer,
+    def __init__(self, name: str, model: BlipCaptionModel | BlipVQAModel, preprocessor: ImagePreprocessor,
+                 tokenizer: Tokenizer,
                  tcfg: dict, device: torch.device, dtype: torch.dtype, digest: str, image_batch: int = 16,
                  length_penalty: float = 1.0, early_stopping: bool | str = False):
         self.name, self.family, self.digest = name, "blip", digest
@@ -377,7 +401,21 @@ class BlipCaptioner:
         self.length_penalty, self.early_stopping = length_penalty, early_stopping
 
     def __repr__(self) -> str:
-        return f"BlipCaptioner({self.name!r}, {self.dtype}, {self.device})"
+        return f"{type(self).__name__}({self.name!r}, {self.dtype}, {self.device})"
+
+    def search(self, state: BlipDecodeState, start_ids: torch.Tensor, max_new_tokens: int,
+               num_beams: int) -> list[list[int]]:
+        """Greedy or beam search after `start_ids`, stopping at [SEP], with the checkpoint's settings."""
+        return generate(state, start_ids, eos_id=self.eos_id, pad_id=self.pad_id, max_new_tokens=max_new_tokens,
+                        num_beams=num_beams, length_penalty=self.length_penalty, early_stopping=self.early_stopping)
+
+
+class BlipCaptioner(BlipGenerator):
+    """BLIP captions: greedy or beam search with the prompt handling of transformers'
+    BlipForConditionalGeneration.generate ([DEC] replaces [CLS], the prompt's trailing [SEP] is dropped,
+    generation stops at [SEP]); the returned text includes the prompt, as the BLIP processor's decode does."""
+
+    model: BlipCaptionModel
 
     def prompt_ids(self, prompt: str | None) -> list[int]:
         if not prompt:
@@ -388,8 +426,7 @@ class BlipCaptioner:
     def caption(self, images: list[Image.Image], prompt: str | None = None, max_new_tokens: int = 30,
                 num_beams: int = 1) -> list[str]:
         images = list(images)
-        if max_new_tokens < 1 or num_beams < 1:
-            raise InvalidInput(f"max_new_tokens and num_beams must be >= 1 (got {max_new_tokens}, {num_beams})")
+        max_new_tokens, num_beams = check_generation(max_new_tokens, num_beams)
         prompt_row = self.prompt_ids(prompt)
         captions: list[str] = []
         with torch.inference_mode():
@@ -398,22 +435,73 @@ class BlipCaptioner:
                 pixels = self.image_preprocessor(chunk).to(self.device, self.dtype)
                 state = BlipDecodeState(self.model, self.model.vision(pixels))
                 prompt_ids = torch.tensor([prompt_row] * len(chunk), device=self.device)
-                sequences = generate(state, prompt_ids, eos_id=self.eos_id, pad_id=self.pad_id,
-                                     max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                     length_penalty=self.length_penalty, early_stopping=self.early_stopping)
-                captions += [self.tokenizer.decode(seq, skip_special_tokens=True) for seq in sequences]
+                captions += [self.tokenizer.decode(seq, skip_special_tokens=True)
+                             for seq in self.search(state, prompt_ids, max_new_tokens, num_beams)]
         return captions
+
+
+class BlipAnswerer(BlipGenerator):
+    """BLIP VQA, as transformers' BlipForQuestionAnswering.generate: the question ([CLS] q [SEP]) is encoded
+    cross-attending to its image; the answer is generated from [DEC], cross-attending to every position of
+    the question's states. Like transformers (and the original BLIP), that memory has no padding mask, so the
+    padded question batch is part of the input: an answer may change with the longest question among the
+    `image_batch` questions it is asked with, exactly as it does in the reference."""
+
+    model: BlipVQAModel
+
+    def answer(self, images: list[Image.Image], questions: list[str], max_new_tokens: int = 20,
+               num_beams: int = 1) -> list[str]:
+        """One answer per question about the image beside it (one image may stand for all), as the BLIP
+        processor decodes transformers' output."""
+        return [self.tokenizer.decode(ids, skip_special_tokens=True)
+                for ids in self.answer_ids(images, questions, max_new_tokens, num_beams)]
+
+    def answer_ids(self, images: list[Image.Image], questions: list[str], max_new_tokens: int = 20,
+                   num_beams: int = 1) -> list[list[int]]:
+        """Token ids of each answer: [DEC], the generated ids, [SEP] when the model produced it."""
+        images, questions = question_pairs(images, questions)
+        max_new_tokens, num_beams = check_generation(max_new_tokens, num_beams)
+        out: list[list[int]] = []
+        with torch.inference_mode():
+            for start in range(0, len(questions), self.image_batch):
+                unique, index = distinct_images(images[start:start + self.image_batch])
+                image_tokens = self.model.vision(self.image_preprocessor(unique).to(self.device, self.dtype))
+                enc = self.tokenizer(questions[start:start + self.image_batch])
+                states = self.model.text.attend_to(image_tokens, torch.tensor(index, device=self.device),
+                                                   enc.input_ids.to(self.device), enc.attention_mask.to(self.device))
+                start_ids = torch.full((len(index), 1), self.bos_id, dtype=torch.long, device=self.device)
+                out += self.search(BlipDecodeState(self.model, states), start_ids, max_new_tokens, num_beams)
+        return out
+
+
+def _load_generator(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype, kind: str):
+    """A BlipCaptioner ("captioning") or BlipAnswerer ("vqa"), with the checkpoint's generation settings."""
+    _check_kind(ckpt, kind)
+    digest = ckpt.digest
+    tcfg = text_config(ckpt.config)
+    width = vision_config(ckpt.config.get("vision_config"))["hidden_size"]
+    if kind == "vqa" and width != tcfg["hidden_size"]:
+        # transformers sizes the decoder's cross-attention for the image width but feeds it the question states
+        raise CheckpointError(f"{ckpt.dir / 'config.json'}: a BLIP VQA model needs the vision and text widths to agree "
+                              f"(vision hidden_size {width}, text hidden_size {tcfg['hidden_size']}): its answer "
+                              f"decoder cross-attends to the question's states")
+    tied = bool(ckpt.config.get("tie_word_embeddings", True) and tcfg.get("tie_word_embeddings", True))
+    model_cls, rules, ignore, cls = ((BlipCaptionModel, _caption_rules(tied), CAPTION_IGNORED, BlipCaptioner)
+                                     if kind == "captioning" else
+                                     (BlipVQAModel, _vqa_rules(tied), VQA_IGNORED, BlipAnswerer))
+    model = load_model(build_on_meta(lambda: model_cls(ckpt.config)), ckpt, rules, ignore=ignore, dtype=dtype,
+                       device=device, family="BLIP")
+    generation = ckpt.json_file("generation_config.json") or {}
+    return cls(ckpt.name, model, ImagePreprocessor.from_checkpoint_dir(ckpt.dir), _tokenizer(ckpt), tcfg, device,
+               dtype, digest, length_penalty=generation.get("length_penalty", 1.0),
+               early_stopping=generation.get("early_stopping", False))
 
 
 @captioner("blip")
 def load_blip_captioner(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> BlipCaptioner:
-    _check_kind(ckpt, "captioning")
-    digest = ckpt.digest
-    tcfg = text_config(ckpt.config)
-    tied = bool(ckpt.config.get("tie_word_embeddings", True) and tcfg.get("tie_word_embeddings", True))
-    model = load_model(build_on_meta(lambda: BlipCaptionModel(ckpt.config)), ckpt, _caption_rules(tied),
-                       ignore=CAPTION_IGNORED, dtype=dtype, device=device, family="BLIP")
-    generation = ckpt.json_file("generation_config.json") or {}
-    return BlipCaptioner(ckpt.name, model, ImagePreprocessor.from_checkpoint_dir(ckpt.dir), _tokenizer(ckpt), tcfg,
-                         device, dtype, digest, length_penalty=generation.get("length_penalty", 1.0),
-                         early_stopping=generation.get("early_stopping", False))
+    return _load_generator(ckpt, device, dtype, "captioning")
+
+
+@answerer("blip")
+def load_blip_answerer(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> BlipAnswerer:
+    return _load_generator(ckpt, device, dtype, "vqa")

@@ -8,9 +8,9 @@ cross-attend, and queries and text have separate feed-forward weights.
 
 - Reranker (`Blip2ForImageTextRetrieval`): queries + text through the Q-Former, the 2-way ITM head on
   every query position, averaged; P(match) = softmax class 1.
-- Captioner (`Blip2ForConditionalGeneration`): the Q-Former's query outputs, projected to the language
-  model's width, are the first input embeddings of OPT (followed by bos + prompt) or of the T5 encoder
-  (followed by the prompt + </s>). transformers 5 spells this as `<image>` placeholder tokens replaced by
+- Captioner and Answerer (`Blip2ForConditionalGeneration`): the Q-Former's query outputs, projected to the
+  language model's width, are the first input embeddings of OPT (followed by bos + prompt) or of the T5
+  encoder (followed by the prompt + </s>); answers are generated after `Question: {q} Answer:`. transformers 5 spells this as `<image>` placeholder tokens replaced by
   those embeddings; the numbers are the same.
 
 As in transformers, the query tokens and the Q-Former stay in float32 when the model runs in bf16/fp16.
@@ -23,14 +23,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .api import captioner, reranker
-from .blip import BlipVision, vision_config, vision_rules
-from .checkpoint import Checkpoint, Rule, build_on_meta, load_model
 from mmsearch.errors import CheckpointError, InvalidInput
+
+from .api import answerer, captioner, check_generation, question_pairs, reranker
+from .blip import blip_vision, vision_config, vision_rules
+from .checkpoint import Checkpoint
 from .generate import LayerCaches, generate
 from .layers import MLP, KVCache, PostNormBlock, padding_mask
 from .opt import OPTDecoder, opt_ignored, opt_rules
-from .preprocess import ImagePreprocessor
+from .preprocess import ImagePreprocessor, distinct_images
+from .rules import Rule, build_on_meta, load_model
 from .t5 import T5EncoderDecoder, t5_config, t5_ignored, t5_rules
 from .tokenize import load_tokenizer
 
@@ -124,7 +126,7 @@ def select_memory(memory: list[KVCache | None], index: torch.Tensor | None) -> l
 class Blip2Base(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
-        self.vision = BlipVision(config["vision_config"])
+        self.vision = blip_vision(config["vision_config"])
         q = config["qformer_config"]
         self.query_tokens = nn.Parameter(torch.zeros(1, config["num_query_tokens"], q["hidden_size"]))
         self.qformer = QFormer(q)
@@ -198,19 +200,6 @@ def _fp32_parts(dtype: torch.dtype) -> list[str]:
     return KEEP_FP32 if dtype != torch.float32 else []
 
 
-def _unique_images(images: list[Image.Image]) -> tuple[list[Image.Image], list[int]]:
-    """The distinct image objects (by identity) and, for each input, its index among them."""
-    seen: dict[int, int] = {}
-    unique, index = [], []
-    for image in images:
-        key = id(image)
-        if key not in seen:
-            seen[key] = len(unique)
-            unique.append(image)
-        index.append(seen[key])
-    return unique, index
-
-
 class Blip2Reranker:
     """rr.score(images, texts) -> float32 (n,) P(match) of pair i. A single image is scored against every
     text; the image side (ViT + cross-attention keys/values) is computed once per distinct image."""
@@ -235,7 +224,7 @@ class Blip2Reranker:
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
                 stop = start + self.batch_size
-                unique, index = _unique_images(images[start:stop])
+                unique, index = distinct_images(images[start:stop])
                 pixels = self.image_preprocessor(unique).to(self.device, self.dtype)
                 memory = self.model.image_memory(pixels)
                 rows = None if len(unique) == len(index) else torch.tensor(index, device=self.device)
@@ -330,8 +319,13 @@ class T5State:
                 self.memory_mask = self.memory_mask.index_select(0, index)
 
 
+QUESTION_PROMPT = "Question: {} Answer:"  # the BLIP-2 model cards' VQA prompt
+
+
 class Blip2Captioner:
-    """cap.caption(images, prompt=None, max_new_tokens=30, num_beams=1) -> list[str], one per image."""
+    """Captions and prompted answers from a BLIP-2 language model:
+    cap.caption(images, prompt=None, max_new_tokens=30, num_beams=1) -> list[str], one per image;
+    cap.answer(images, questions, max_new_tokens=20, num_beams=1) -> list[str], one per question."""
 
     def __init__(self, *, name: str, model: Blip2Captioning, image_preprocessor: ImagePreprocessor, tokenizer,
                  device: torch.device, dtype: torch.dtype, digest: str, bos_id: int | None, eos_id: int,
@@ -340,6 +334,7 @@ class Blip2Captioner:
         self.model, self.image_preprocessor, self.tokenizer = model, image_preprocessor, tokenizer
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
         self.bos_id, self.eos_id, self.pad_id, self.skip_ids = bos_id, eos_id, pad_id, skip_ids
+        self.question_prompt = QUESTION_PROMPT
 
     def __repr__(self) -> str:
         return f"Blip2Captioner({self.name!r}, {self.model.lm_type}, {self.dtype}, {self.device})"
@@ -364,37 +359,73 @@ class Blip2Captioner:
         """Token ids per image: OPT - prompt ids then generated ids; T5 - decoder start then generated ids."""
         if prompt is not None and not isinstance(prompt, str):
             raise InvalidInput(f"prompt must be a string, got {type(prompt).__name__}")
-        if not 1 <= int(max_new_tokens) <= 512:
-            raise InvalidInput(f"max_new_tokens must be between 1 and 512, got {max_new_tokens}")
-        if not 1 <= int(num_beams) <= 16:
-            raise InvalidInput(f"num_beams must be between 1 and 16, got {num_beams}")
+        max_new_tokens, num_beams = check_generation(max_new_tokens, num_beams)
         images = list(images)
-        ids = self.prompt_ids(prompt)
-        out: list[list[int]] = []
+        return self._generate(images, [self.prompt_ids(prompt)] * len(images), max_new_tokens, num_beams)
+
+    def answer(self, images: list[Image.Image], questions: list[str], max_new_tokens: int = 20,
+               num_beams: int = 1) -> list[str]:
+        """One answer per question: the text generated after `Question: {q} Answer:` (the model cards' prompt),
+        without the prompt and stripped."""
+        images, questions = question_pairs(images, questions)
+        rows = self.answer_ids(images, questions, max_new_tokens, num_beams)
+        return [self.decode(ids).strip() for ids in rows]
+
+    def answer_ids(self, images: list[Image.Image], questions: list[str], max_new_tokens: int = 20,
+                   num_beams: int = 1) -> list[list[int]]:
+        """The generated ids of each answer (OPT: after the prompt; T5: after the decoder start)."""
+        images, questions = question_pairs(images, questions)
+        max_new_tokens, num_beams = check_generation(max_new_tokens, num_beams)
+        prompts = [self.prompt_ids(self.question_prompt.format(q)) for q in questions]
+        sequences = self._generate(images, prompts, max_new_tokens, num_beams)
+        skip = [len(p) for p in prompts] if self.model.lm_type == "opt" else [1] * len(prompts)
+        return [seq[n:] for seq, n in zip(sequences, skip)]
+
+    def _generate(self, images: list[Image.Image], prompts: list[list[int]], max_new_tokens: int,
+                  num_beams: int) -> list[list[int]]:
+        """Generate for each image after its own prompt ids. OPT runs the prompts of each length together,
+        unpadded, which gives each row the numbers it gets alone (and transformers gives a left-padded batch);
+        T5's encoder takes the prompts right-padded with their mask, as Blip2Processor pads them."""
+        out: list[list[int]] = [[] for _ in images]
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                chunk = images[start:start + self.batch_size]
-                pixels = self.image_preprocessor(chunk).to(self.device, self.dtype)
-                prefix = self.model.image_prefix(pixels)
-                prompt_tensor = torch.tensor([ids] * len(chunk), dtype=torch.long, device=self.device)
+                unique, index = distinct_images(images[start:start + self.batch_size])
+                pixels = self.image_preprocessor(unique).to(self.device, self.dtype)
+                prefix = self.model.image_prefix(pixels).index_select(0, torch.tensor(index, device=self.device))
+                rows = prompts[start:start + len(index)]
                 if self.model.lm_type == "opt":
-                    state, start_ids = OPTState(self.model.lm, prefix), prompt_tensor
+                    by_length: dict[int, list[int]] = {}
+                    for i, row in enumerate(rows):
+                        by_length.setdefault(len(row), []).append(i)
+                    for members in by_length.values():
+                        picked = torch.tensor(members, device=self.device)
+                        ids = torch.tensor([rows[i] for i in members], dtype=torch.long, device=self.device)
+                        state = OPTState(self.model.lm, prefix.index_select(0, picked))
+                        for i, seq in zip(members, self._search(state, ids, max_new_tokens, num_beams)):
+                            out[start + i] = seq
                 else:
                     lm = self.model.lm
-                    memory, memory_mask = lm.encode(torch.cat([prefix.to(lm.shared.weight.dtype),
-                                                               lm.embed(prompt_tensor)], dim=1))
-                    state = T5State(lm, memory, memory_mask)
-                    start_ids = torch.full((len(chunk), 1), lm.decoder_start_token_id, dtype=torch.long,
+                    enc = self.tokenizer.pad(rows)
+                    ids, mask = enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
+                    queries = torch.ones(mask.shape[0], prefix.shape[1], dtype=mask.dtype, device=self.device)
+                    memory, memory_mask = lm.encode(torch.cat([prefix.to(lm.shared.weight.dtype), lm.embed(ids)], dim=1),
+                                                    torch.cat([queries, mask], dim=1))
+                    start_ids = torch.full((len(rows), 1), lm.decoder_start_token_id, dtype=torch.long,
                                            device=self.device)
-                out += generate(state, start_ids, eos_id=self.eos_id, max_new_tokens=int(max_new_tokens),
-                                num_beams=int(num_beams), pad_id=self.pad_id)
+                    sequences = self._search(T5State(lm, memory, memory_mask), start_ids, max_new_tokens, num_beams)
+                    out[start:start + len(rows)] = sequences
         return out
+
+    def _search(self, state, start_ids: torch.Tensor, max_new_tokens: int, num_beams: int) -> list[list[int]]:
+        return generate(state, start_ids, eos_id=self.eos_id, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                        pad_id=self.pad_id)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode([i for i in ids if i not in self.skip_ids])
 
 
 @captioner("blip-2")
+@answerer("blip-2")
 def load_blip2_captioner(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> Blip2Captioner:
     config = blip2_config(ckpt.config)
     text = config.get("text_config") or {"model_type": "opt"}
@@ -404,7 +435,7 @@ def load_blip2_captioner(ckpt: Checkpoint, device: torch.device, dtype: torch.dt
                               "(supported: opt, t5)")
     if "itm_head.weight" in set(ckpt.tensor_names()):
         raise CheckpointError(f"{ckpt.dir / 'config.json'}: this is a BLIP-2 image-text matching checkpoint; "
-                              "load it with load_reranker, not load_captioner")
+                              "load it with load_reranker (it has no language model to caption or answer with)")
     config = {**config, "text_config": text}
     untied_t5_head = lm_type == "t5" and "language_model.lm_head.weight" in set(ckpt.tensor_names())
     digest = ckpt.digest

@@ -1,9 +1,9 @@
-"""Open Hugging Face checkpoints: resolve a directory or hub id, read config and tensors lazily,
-and load them into our modules through an explicit name map.
+"""Open Hugging Face checkpoints: resolve a directory or hub id, read the config and the tensors lazily.
 
-Weights are read one tensor at a time (safetensors or `torch.load(mmap=True, weights_only=True)`) and
-copied straight into modules that were built on the meta device, so loading needs the model's size
-plus one tensor, never twice the file.
+Weights are read one tensor at a time (safetensors by positioned reads, or `torch.load(mmap=True,
+weights_only=True)`), so the loader in encoders/rules.py can copy each straight into a module built on the
+meta device: loading needs the model's size plus one tensor, never twice the file. This module only reads;
+which tensor fills which parameter is encoders/rules.py's job.
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
-from torch import nn
 
 from mmsearch.errors import CheckpointError, NotFound
 
@@ -263,110 +261,3 @@ def open_checkpoint(path_or_id: str | os.PathLike) -> Checkpoint:
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{config_path}: invalid JSON ({exc})") from exc
     return Checkpoint(dir=directory, name=str(path_or_id), config=config, files=_weight_files(directory))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Name maps: our parameter names -> checkpoint tensor names.
-
-Transform = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """Parameters whose name matches `ours` (a regex over our names) come from checkpoint tensor
-    `theirs` (a template using the regex groups), optionally passed through `transform`."""
-
-    ours: str
-    theirs: str
-    transform: Transform | None = None
-
-
-def rows(index: int, parts: int) -> Transform:
-    """The index-th of `parts` equal row blocks, for fused checkpoint tensors (e.g. in_proj_weight). Copied:
-    a view would keep the whole fused tensor alive, once per block (ViT-g: +1.9 GB while loading)."""
-    return lambda t: t.chunk(parts, dim=0)[index].clone()
-
-
-def source_of(our_name: str, rules: Iterable[Rule]) -> tuple[str, Transform | None]:
-    for rule in rules:
-        m = re.fullmatch(rule.ours, our_name)
-        if m:
-            return m.expand(rule.theirs), rule.transform
-    raise CheckpointError(f"internal: no checkpoint rule for our parameter {our_name!r}")
-
-
-def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
-    """Construct a module without allocating or initialising its weights."""
-    with torch.device("meta"):
-        return factory()
-
-
-def load_weights(
-    module: nn.Module,
-    ckpt: Checkpoint,
-    rules: list[Rule],
-    *,
-    ignore: Iterable[str] = (),
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-    family: str = "",
-    keep_fp32: Iterable[str] = (),
-) -> nn.Module:
-    """Fill every parameter of `module` (built on the meta device) from `ckpt` through `rules`.
-
-    Strict in both directions: a parameter without its checkpoint tensor, a checkpoint tensor that
-    nothing uses (and that no `ignore` regex names), or a shape mismatch is a CheckpointError naming
-    the file and the tensor. `keep_fp32` regexes name parameters kept in float32 whatever `dtype` is."""
-    where = ckpt.describe_files()
-    available = set(ckpt.tensor_names())
-    used: set[str] = set()
-    keep = [re.compile(p) for p in keep_fp32]
-    label = f"{family} " if family else ""
-    plan = []
-    for our_name, param in list(module.named_parameters()):
-        theirs, transform = source_of(our_name, rules)
-        if theirs not in available:
-            raise CheckpointError(f"{where}: tensor {theirs!r} is missing (needed for the {label}model's {our_name})")
-        plan.append((our_name, param, theirs, transform))
-    for our_name, param, theirs, transform in plan:
-        target = torch.float32 if any(p.search(our_name) for p in keep) else dtype
-        tensor = ckpt.read(theirs)
-        if transform is not None:
-            tensor = transform(tensor)
-        if tuple(tensor.shape) != tuple(param.shape):
-            raise CheckpointError(
-                f"{ckpt.file_of(theirs)}: tensor {theirs!r} has shape {tuple(tensor.shape)}, "
-                f"expected {tuple(param.shape)} for the {label}model's {our_name} (does config.json match the weights?)")
-        value = tensor.to(device=device, dtype=target if tensor.is_floating_point() else tensor.dtype, copy=False)
-        del tensor
-        _set_parameter(module, our_name, nn.Parameter(value.contiguous(), requires_grad=False))
-        used.add(theirs)
-    ignored = [re.compile(p) for p in ignore]
-    unexpected = sorted(n for n in available - used if not any(p.fullmatch(n) for p in ignored))
-    if unexpected:
-        shown = ", ".join(repr(n) for n in unexpected[:5]) + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
-        raise CheckpointError(f"{ckpt.file_of(unexpected[0])}: unexpected tensor(s) {shown} "
-                              f"(not part of a {label}model with this config)")
-    ckpt.close()
-    for buf_name, buf in list(module.named_buffers()):
-        if buf.is_meta:
-            raise CheckpointError(f"internal: buffer {buf_name} left on the meta device")
-    return module
-
-
-def load_model(module: nn.Module, ckpt: Checkpoint, rules: list[Rule], **options) -> nn.Module:
-    """load_weights (same options), then fuse the attention projections and switch to eval mode: what
-    every family does with a module built on the meta device."""
-    from .layers import fuse_projections
-
-    load_weights(module, ckpt, rules, **options)
-    return fuse_projections(module).eval()
-
-
-def _set_parameter(module: nn.Module, dotted: str, value: nn.Parameter) -> None:
-    *path, leaf = dotted.split(".")
-    owner = module
-    for part in path:
-        owner = getattr(owner, part)
-    owner._parameters[leaf] = value
-

@@ -11,12 +11,16 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .api import DualEncoder, dual_encoder
-from .checkpoint import Checkpoint, Rule, build_on_meta, load_model
 from mmsearch.errors import InvalidInput
-from .layers import MLP, Attention, PatchEmbed, PreNormBlock, clip_layer_rules, l2_normalize
+
+from . import clip
+from .api import DualEncoder, dual_encoder
+from .checkpoint import Checkpoint
+from .layers import MLP, Attention, PreNormBlock, l2_normalize
 from .preprocess import ImagePreprocessor
+from .rules import Rule, build_on_meta, flat_rows, load_model
 from .tokenize import load_tokenizer
+from .vit import ViTSpec, VisionTransformer
 
 
 class TokenMixer(MLP):
@@ -121,58 +125,27 @@ class GroupingStage(nn.Module):
         return merged, groups, soft
 
 
-class GroupViTVision(nn.Module):
+class GroupViTVision(VisionTransformer):
+    """The shared ViT's patch stage (patches, LayerNorm, positions; no [CLS]) and final LayerNorm, with grouping
+    stages in place of the plain blocks."""
+
     def __init__(self, cfg: dict):
-        super().__init__()
-        dim, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
-        patches = (cfg["image_size"] // cfg["patch_size"]) ** 2
-        self.patch_embed = PatchEmbed(cfg["num_channels"], dim, cfg["patch_size"])
-        self.embed_norm = nn.LayerNorm(dim, eps=eps)
-        self.pos_embed = nn.Parameter(torch.zeros(1, patches, dim))
+        spec = ViTSpec.from_config(cfg, depth=0, patch_bias=True, patch_norm=True, class_token=False)
+        super().__init__(spec)
         groups, outputs = cfg["num_group_tokens"], cfg["num_output_groups"]
         self.stages = nn.ModuleList(
             GroupingStage(cfg, depth, groups[i], outputs[i], outputs[i - 1] if i else 0)
             for i, depth in enumerate(cfg["depths"]))
-        self.norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, pixels: torch.Tensor, want_soft: bool = False):
         """-> final group tokens (B, G, C) after the last norm, and the soft assignment of each grouping stage."""
-        x = self.embed_norm(self.patch_embed(pixels)) + self.pos_embed
+        x = self.embed(pixels)
         groups, assignments = None, []
         for stage in self.stages:
             x, groups, soft = stage(x, groups, want_soft)
             if soft is not None:
                 assignments.append(soft)
         return self.norm(x), assignments
-
-
-class ClipText(nn.Module):
-    """CLIP's text transformer: causal PreNormBlocks, final norm, read at the end-of-text token."""
-
-    def __init__(self, cfg: dict):
-        super().__init__()
-        dim, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
-        self.eos_token_id = cfg["eos_token_id"]
-        self.token_embed = nn.Embedding(cfg["vocab_size"], dim)
-        self.pos_embed = nn.Parameter(torch.zeros(cfg["max_position_embeddings"], dim))
-        self.blocks = nn.ModuleList(PreNormBlock(dim, cfg["num_attention_heads"], cfg["intermediate_size"],
-                                                 act=cfg["hidden_act"], eps=eps) for _ in range(cfg["num_hidden_layers"]))
-        self.norm = nn.LayerNorm(dim, eps=eps)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if input_ids.shape[1] > self.pos_embed.shape[0]:
-            raise InvalidInput(f"text of {input_ids.shape[1]} tokens exceeds the model's {self.pos_embed.shape[0]}")
-        x = self.token_embed(input_ids) + self.pos_embed[: input_ids.shape[1]]
-        # causal attention: positions up to the end-of-text token never see the padding after it
-        for block in self.blocks:
-            x = block(x, is_causal=True)
-        if self.eos_token_id == 2:
-            # configs from before transformers#24773 carry eos_token_id=2; CLIP then pooled at the largest id
-            eos = input_ids.argmax(dim=-1)
-        else:
-            eos = (input_ids == self.eos_token_id).int().argmax(dim=-1)
-        pooled = x[torch.arange(x.shape[0], device=x.device), eos]
-        return self.norm(pooled)
 
 
 class ProjectionHead(nn.Module):
@@ -199,7 +172,7 @@ class GroupViTModel(nn.Module):
         vision_cfg, text_cfg = config["vision_config"], config["text_config"]
         dim, hidden = config["projection_dim"], config["projection_intermediate_dim"]
         self.vision = GroupViTVision(vision_cfg)
-        self.text = ClipText(text_cfg)
+        self.text = clip.ClipText(text_cfg)
         self.visual_projection = ProjectionHead(vision_cfg["hidden_size"], hidden, dim)
         self.text_projection = ProjectionHead(text_cfg["hidden_size"], hidden, dim)
         self.logit_scale = nn.Parameter(torch.zeros(()))
@@ -255,8 +228,8 @@ def _head_rules(ours: str, theirs: str) -> list[Rule]:
 _STAGE, _THEIRS = r"vision\.stages\.(\d+)", r"vision_model.encoder.stages.\1"
 RULES = [
     Rule(r"vision\.patch_embed\.proj\.(weight|bias)", r"vision_model.embeddings.patch_embeddings.projection.\1"),
-    Rule(r"vision\.embed_norm\.(weight|bias)", r"vision_model.embeddings.layernorm.\1"),
-    Rule(r"vision\.pos_embed", "vision_model.embeddings.position_embeddings"),
+    Rule(r"vision\.patch_norm\.(weight|bias)", r"vision_model.embeddings.layernorm.\1"),
+    Rule(r"vision\.pos_embed", "vision_model.embeddings.position_embeddings", flat_rows),
     # each stage's PreNormBlocks, in the CLIP naming (clip_layer_rules with the stage index in front)
     Rule(rf"{_STAGE}\.blocks\.(\d+)\.norm(1|2)\.(weight|bias)", rf"{_THEIRS}.layers.\2.layer_norm\3.\4"),
     Rule(rf"{_STAGE}\.blocks\.(\d+)\.attn\.(q|k|v|out)_proj\.(weight|bias)", rf"{_THEIRS}.layers.\2.self_attn.\3_proj.\4"),
@@ -267,10 +240,7 @@ RULES = [
     # inside the grouping block our names are the checkpoint's (`downsample.*`)
     Rule(rf"{_STAGE}\.grouping\.(.+)", rf"{_THEIRS}.downsample.\2"),
     Rule(r"vision\.norm\.(weight|bias)", r"vision_model.layernorm.\1"),
-    Rule(r"text\.token_embed\.weight", "text_model.embeddings.token_embedding.weight"),
-    Rule(r"text\.pos_embed", "text_model.embeddings.position_embedding.weight"),
-    *clip_layer_rules("text.blocks", "text_model.encoder.layers"),
-    Rule(r"text\.norm\.(weight|bias)", r"text_model.final_layer_norm.\1"),
+    *clip.text_rules("text", "text_model"),
     *_head_rules("visual_projection", "visual_projection"),
     *_head_rules("text_projection", "text_projection"),
     Rule(r"logit_scale", "logit_scale"),
@@ -288,16 +258,11 @@ TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=256, intermediate_size=1024, 
 
 
 def with_config_defaults(config: dict) -> dict:
-    """Fill keys a GroupViT config.json leaves at transformers' defaults; old snapshots keep the towers in
-    `text_config_dict` / `vision_config_dict`, which win (as in transformers)."""
-    towers = {}
-    for key, defaults in (("text", TEXT_DEFAULTS), ("vision", VISION_DEFAULTS)):
-        given, legacy = config.get(f"{key}_config") or {}, config.get(f"{key}_config_dict")
-        towers[key] = {**given, **defaults, **legacy} if legacy is not None else {**defaults, **given}
-    vision = towers["vision"]
+    """Fill keys a GroupViT config.json leaves at transformers' defaults (old `*_config_dict` keys included)."""
+    text, vision = clip.tower_configs(config, TEXT_DEFAULTS, VISION_DEFAULTS)
     ratio = vision["assign_mlp_ratio"]
     vision["assign_mlp_ratio"] = list(ratio) if isinstance(ratio, (list, tuple)) else [ratio, ratio]
-    return {**config, "text_config": towers["text"], "vision_config": vision,
+    return {**config, "text_config": text, "vision_config": vision,
             "projection_dim": config.get("projection_dim", 256),
             "projection_intermediate_dim": config.get("projection_intermediate_dim", 4096)}
 

@@ -176,6 +176,12 @@ class PreNormBlock(nn.Module):
         x = x + self.attn(self.norm1(x), mask=mask, is_causal=is_causal, cache=cache)
         return x + self.mlp(self.norm2(x))
 
+    def forward_rows(self, rows: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The block's output at `rows` (some positions of x, e.g. a pooled [CLS] token) attending over all of
+        x: the same numbers as block(x) at those positions, for the cost of those rows only."""
+        rows = rows + self.attn(self.norm1(rows), self.norm1(x), mask=mask)
+        return rows + self.mlp(self.norm2(rows))
+
 
 class PostNormBlock(nn.Module):
     """BERT-style layer: norm(x + attn(x)), [norm(x + cross_attn(x, memory))], norm(x + mlp(x)).
@@ -198,6 +204,11 @@ class PostNormBlock(nn.Module):
         if self.cross_attn is not None and memory is not None:
             x = self.cross_norm(x + self.cross_attn(x, memory, mask=memory_mask, cache=cross_cache))
         return self.mlp_norm(x + self.mlp(x))
+
+    def forward_rows(self, rows: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The block's output (no cross-attention) at `rows`, some positions of x, attending over all of x."""
+        rows = self.attn_norm(rows + self.attn(rows, x, mask=mask))
+        return self.mlp_norm(rows + self.mlp(rows))
 
 
 class PatchEmbed(nn.Module):
@@ -233,20 +244,6 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def clip_layer_rules(ours: str, theirs: str):
-    """Checkpoint rules for a PreNormBlock stack stored in the CLIP naming (layer_norm1, self_attn.*_proj,
-    layer_norm2, mlp.fc1/fc2), used by CLIP, SigLIP, AltCLIP's vision tower and GroupViT.
-    `ours` / `theirs` are the stack prefixes, e.g. "vision.blocks" / "vision_model.encoder.layers"."""
-    from .checkpoint import Rule
-
-    o, t = ours.replace(".", r"\."), theirs
-    return [
-        Rule(rf"{o}\.(\d+)\.norm(1|2)\.(weight|bias)", rf"{t}.\1.layer_norm\2.\3"),
-        Rule(rf"{o}\.(\d+)\.attn\.(q|k|v|out)_proj\.(weight|bias)", rf"{t}.\1.self_attn.\2_proj.\3"),
-        Rule(rf"{o}\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", rf"{t}.\1.mlp.\2.\3"),
-    ]
-
-
 class TextEmbeddings(nn.Module):
     """BERT-family input embeddings: word + position (+ token type), then LayerNorm.
 
@@ -275,44 +272,6 @@ class TextEmbeddings(nn.Module):
             x = x + (self.type_embed(token_type_ids) if token_type_ids is not None else self.type_embed.weight[0])
         x = x + self.pos_embed(self.positions(input_ids, past_length))
         return self.norm(x)
-
-
-def bert_embedding_rules(ours: str, theirs: str):
-    """Checkpoint rules for TextEmbeddings stored in the BERT naming (word_embeddings, position_embeddings,
-    token_type_embeddings, LayerNorm) under the prefixes `ours` / `theirs` (e.g. "text.embed" / "bert.embeddings")."""
-    from .checkpoint import Rule
-
-    o = ours.replace(".", r"\.")
-    return [
-        Rule(rf"{o}\.word_embed\.weight", f"{theirs}.word_embeddings.weight"),
-        Rule(rf"{o}\.pos_embed\.weight", f"{theirs}.position_embeddings.weight"),
-        Rule(rf"{o}\.type_embed\.weight", f"{theirs}.token_type_embeddings.weight"),
-        Rule(rf"{o}\.norm\.(weight|bias)", rf"{theirs}.LayerNorm.\1"),
-    ]
-
-
-def bert_layer_rules(ours: str, theirs: str):
-    """Checkpoint rules for a PostNormBlock stack stored in the BERT naming (attention.self.query/key/value,
-    attention.output.dense/LayerNorm, [crossattention.*], intermediate.dense, output.dense/LayerNorm), used by
-    BERT, XLM-R (AltCLIP's text tower) and BLIP's text model. `ours` / `theirs` are the stack prefixes,
-    e.g. "text.blocks" / "roberta.encoder.layer"."""
-    from .checkpoint import Rule
-
-    o, t = ours.replace(".", r"\."), theirs
-    rules = []
-    for our_attn, our_norm, their_attn in (("attn", "attn_norm", "attention"), ("cross_attn", "cross_norm", "crossattention")):
-        rules += [
-            Rule(rf"{o}\.(\d+)\.{our_attn}\.q_proj\.(weight|bias)", rf"{t}.\1.{their_attn}.self.query.\2"),
-            Rule(rf"{o}\.(\d+)\.{our_attn}\.k_proj\.(weight|bias)", rf"{t}.\1.{their_attn}.self.key.\2"),
-            Rule(rf"{o}\.(\d+)\.{our_attn}\.v_proj\.(weight|bias)", rf"{t}.\1.{their_attn}.self.value.\2"),
-            Rule(rf"{o}\.(\d+)\.{our_attn}\.out_proj\.(weight|bias)", rf"{t}.\1.{their_attn}.output.dense.\2"),
-            Rule(rf"{o}\.(\d+)\.{our_norm}\.(weight|bias)", rf"{t}.\1.{their_attn}.output.LayerNorm.\2"),
-        ]
-    return rules + [
-        Rule(rf"{o}\.(\d+)\.mlp\.fc1\.(weight|bias)", rf"{t}.\1.intermediate.dense.\2"),
-        Rule(rf"{o}\.(\d+)\.mlp\.fc2\.(weight|bias)", rf"{t}.\1.output.dense.\2"),
-        Rule(rf"{o}\.(\d+)\.mlp_norm\.(weight|bias)", rf"{t}.\1.output.LayerNorm.\2"),
-    ]
 
 
 class RMSNorm(nn.Module):

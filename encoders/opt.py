@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import Rule
 from mmsearch.errors import CheckpointError, InvalidInput
+
 from .layers import KVCache, PreNormBlock, causal_padding_mask
+from .rules import Rule
 
 POSITION_OFFSET = 2
 DEFAULTS = dict(vocab_size=50272, hidden_size=768, num_hidden_layers=12, ffn_dim=3072, num_attention_heads=12,

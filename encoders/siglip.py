@@ -6,47 +6,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .api import DualEncoder, dual_encoder
-from .checkpoint import Checkpoint, Rule, build_on_meta, load_model, rows
 from mmsearch.errors import CheckpointError
-from .layers import Attention, MLP, PatchEmbed, PreNormBlock, clip_layer_rules, padding_mask
+
+from .api import DualEncoder, dual_encoder
+from .checkpoint import Checkpoint
+from .layers import PreNormBlock, padding_mask
 from .preprocess import ImagePreprocessor
+from .rules import Rule, build_on_meta, clip_layer_rules, load_model, rows
 from .tokenize import load_tokenizer
+from .vit import ViTSpec, VisionTransformer
 
 
-class AttentionPoolHead(nn.Module):
-    """A learned probe attends over all patch tokens; its output (plus an MLP) is the image embedding."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, act: str, eps: float):
-        super().__init__()
-        self.probe = nn.Parameter(torch.zeros(1, 1, dim))
-        self.attn = Attention(dim, num_heads)
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        self.mlp = MLP(dim, mlp_hidden, act)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.attn(self.probe.expand(tokens.shape[0], -1, -1), tokens)
-        return (x + self.mlp(self.norm(x)))[:, 0]
-
-
-class SiglipVision(nn.Module):
-    def __init__(self, cfg: dict):
-        super().__init__()
-        dim, heads, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg.get("layer_norm_eps", 1e-6)
-        act, hidden = cfg.get("hidden_act", "gelu_pytorch_tanh"), cfg["intermediate_size"]
-        patches = (cfg["image_size"] // cfg["patch_size"]) ** 2
-        self.patch_embed = PatchEmbed(cfg.get("num_channels", 3), dim, cfg["patch_size"])
-        self.pos_embed = nn.Parameter(torch.zeros(patches, dim))
-        self.blocks = nn.ModuleList(PreNormBlock(dim, heads, hidden, act=act, eps=eps)
-                                    for _ in range(cfg["num_hidden_layers"]))
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        self.head = AttentionPoolHead(dim, heads, hidden, act, eps)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(pixels) + self.pos_embed
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x))
+def vision_spec(cfg: dict) -> ViTSpec:
+    """SigLIP's ViT: patches (with bias) + positions, no [CLS], final LayerNorm, attention-probe pooling."""
+    return ViTSpec.from_config(cfg, patch_bias=True, class_token=False, pool="attention")
 
 
 class SiglipText(nn.Module):
@@ -73,13 +46,13 @@ class SiglipText(nn.Module):
 class SiglipModel(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
-        self.vision = SiglipVision(config["vision_config"])
+        self.vision = VisionTransformer(vision_spec(config["vision_config"]))
         self.text = SiglipText(config["text_config"])
         self.logit_scale = nn.Parameter(torch.zeros(1))
         self.logit_bias = nn.Parameter(torch.zeros(1))
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.vision(pixel_values)
+        return self.vision.pooled(pixel_values)
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         return self.text(input_ids, attention_mask)

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import Rule
 from .layers import MLP, Attention, GatedMLP, KVCache, RelativePositionBias, RMSNorm, padding_mask
+from .rules import Rule
 
 DEFAULTS = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=None,
                 num_heads=8, relative_attention_num_buckets=32, relative_attention_max_distance=128,

@@ -50,7 +50,11 @@ class Tokenizer:
         limit = max_length or self.max_length
         rows = [self.encode(t, limit) for t in texts]
         to_max = self.pad_to_max_length if pad_to_max_length is None else pad_to_max_length
-        width = limit if to_max else max((len(r) for r in rows), default=0)
+        return self.pad(rows, limit if to_max else None)
+
+    def pad(self, rows: list[list[int]], width: int | None = None) -> Encoded:
+        """Rows of token ids, right-padded to `width` (default: the longest row), with their attention mask."""
+        width = max((len(r) for r in rows), default=0) if width is None else width
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):

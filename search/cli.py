@@ -15,6 +15,7 @@ from mmsearch.errors import InvalidInput, MMSearchError
 
 
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+EXACT_DECODE_HELP = "decode JPEGs in full (transformers' pixels exactly) instead of the faster draft mode"
 
 
 def default_data_dir() -> str:
@@ -29,13 +30,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     if not args.text and not args.image:
         raise InvalidInput("embed: give at least one --text or --image")
-    enc = encoders.load(args.model, device=args.device, dtype=args.dtype)
+    enc = encoders.load(args.model, device=args.device, dtype=args.dtype, exact_decode=args.exact_decode)
     rows: list[tuple[str, str, np.ndarray]] = []
     if args.text:
         for text, vec in zip(args.text, enc.encode_texts(args.text)):
             rows.append(("text", text, vec))
     if args.image:
-        images = [load_image(path) for path in args.image]
+        images = [load_image(path, draft_size=enc.image_preprocessor.draft_size) for path in args.image]
         for path, vec in zip(args.image, enc.encode_images(images)):
             rows.append(("image", path, vec))
     if args.json:
@@ -72,6 +73,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             enc = store.encoder_for(args.collection, device=args.device)
         else:
             raise InvalidInput(f"index: collection {args.collection!r} is new: give --model")
+        if args.exact_decode:
+            enc.image_preprocessor.exact_decode = True
         captioner = (encoders.load_captioner(args.caption, device=args.device, dtype=args.dtype)
                      if args.caption else None)
         result = index_paths(store, args.collection, enc, args.paths, options, captioner=captioner,
@@ -261,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print full vectors as JSON")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="float32 (default), bfloat16, float16 (CUDA)")
+    p.add_argument("--exact-decode", action="store_true", help=EXACT_DECODE_HELP)
     p.set_defaults(func=cmd_embed)
 
     def data_args(p: argparse.ArgumentParser) -> None:
@@ -283,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="encoder and captioner weights")
+    p.add_argument("--exact-decode", action="store_true", help=EXACT_DECODE_HELP)
     data_args(p)
     p.set_defaults(func=cmd_index)
 

@@ -1,5 +1,5 @@
-"""BLIP parity with transformers (ITC features, ITM probabilities, greedy and beam captions) on both
-checkpoint layouts, plus the BERT WordPiece tokenizer and the checkpoint-kind errors."""
+"""BLIP parity with transformers (ITC features, ITM probabilities, greedy and beam captions, VQA answers) on
+both checkpoint layouts, plus the BERT WordPiece tokenizer and the checkpoint-kind errors."""
 
 import numpy as np
 import pytest
@@ -14,12 +14,12 @@ MAX_LENGTH = 40  # the tiny tokenizer's model_max_length (= max_position_embeddi
 
 @pytest.fixture(scope="module")
 def blip_dirs(tmp_path_factory):
-    """{(kind, layout): checkpoint dir} for kind in retrieval/captioning, layout in current/legacy."""
+    """{(kind, layout): checkpoint dir} for kind in retrieval/captioning/vqa, layout in current/legacy."""
     from hub_layout import to_legacy_layout
     from tiny_blip import legacy_slow_files, make_tiny_blip
 
     dirs = {}
-    for kind in ("retrieval", "captioning"):
+    for kind in ("retrieval", "captioning", "vqa"):
         current, vocab = make_tiny_blip(tmp_path_factory.mktemp("blip") / kind, kind)
         dirs[kind, "current"] = current
         dirs[kind, "legacy"] = to_legacy_layout(current, tmp_path_factory.mktemp(f"blip_{kind}_legacy"),
@@ -213,3 +213,94 @@ def test_blip_bf16_close_to_fp32(blip_dirs):
     assert np.abs(p32 - p16).max() <= 2e-2
     captions = encoders.load_captioner(str(blip_dirs["captioning", "current"]), dtype="bfloat16").caption(images)
     assert len(captions) == len(images) and all(isinstance(c, str) for c in captions)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Visual question answering (BlipForQuestionAnswering)
+
+QUESTIONS = ["what is this?", "how many cats are on the sofa in this picture?", "", "is it red",
+             "a red circle on a white background?"]
+
+
+@pytest.fixture(scope="module")
+def reference_vqa(blip_dirs):
+    from transformers import AutoProcessor, BlipForQuestionAnswering
+
+    path = blip_dirs["vqa", "current"]
+    return BlipForQuestionAnswering.from_pretrained(path).eval(), AutoProcessor.from_pretrained(path)
+
+
+def reference_answers(model, processor, images, questions, num_beams, max_new_tokens):
+    inputs = processor(images=images, text=questions, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    return out, processor.batch_decode(out, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_blip_answers_match_transformers(layout, num_beams, blip_dirs, reference_vqa):
+    """Token-identical to BlipForQuestionAnswering.generate on a batch of images and questions of different
+    lengths (padded together, as the processor pads them)."""
+    model, processor = reference_vqa
+    images = mixed_batch()
+    ref_ids, ref_text = reference_answers(model, processor, images, QUESTIONS, num_beams, max_new_tokens=12)
+    ans = encoders.load_answerer(str(blip_dirs["vqa", layout]))
+    assert ans.family == "blip"
+    sep, pad = model.config.text_config.sep_token_id, model.config.text_config.pad_token_id
+    assert ans.answer_ids(images, QUESTIONS, max_new_tokens=12, num_beams=num_beams) == \
+        [strip_padding(row, sep, pad) for row in ref_ids.tolist()]
+    assert ans.answer(images, QUESTIONS, max_new_tokens=12, num_beams=num_beams) == ref_text
+    if num_beams == 1:
+        lengths = [len(strip_padding(row, sep, -1)) for row in ref_ids.tolist()]
+        assert min(lengths) < max(lengths)  # some answers end at [SEP] first: the stop path is exercised
+        assert len(set(ref_text)) > 1  # answers depend on the image and the question
+
+
+def test_blip_answers_one_image_many_questions(blip_dirs, reference_vqa):
+    model, processor = reference_vqa
+    image = random_image(60, 45, seed=9)
+    _, ref_text = reference_answers(model, processor, [image] * len(QUESTIONS), QUESTIONS, 1, max_new_tokens=10)
+    ans = encoders.load_answerer(str(blip_dirs["vqa", "current"]))
+    assert ans.answer([image], QUESTIONS, max_new_tokens=10) == ref_text
+    assert ans.answer([image] * len(QUESTIONS), QUESTIONS, max_new_tokens=10) == ref_text
+    # questions of one token length: chunking cannot change the padding, so answers do not change
+    same_length = ["a red cat", "a red dog", "a red fox"]
+    assert len({len(ans.tokenizer.encode(q)) for q in same_length}) == 1
+    whole = ans.answer([image, random_image(30, 30, seed=1), image], same_length, max_new_tokens=10)
+    ans.image_batch = 1
+    assert ans.answer([image, random_image(30, 30, seed=1), image], same_length, max_new_tokens=10) == whole
+    assert ans.answer([], []) == []
+
+
+def test_blip_answerer_refuses_bad_input(blip_dirs):
+    ans = encoders.load_answerer(str(blip_dirs["vqa", "current"]))
+    images = mixed_batch()
+    with pytest.raises(InvalidInput, match="one image per question"):
+        ans.answer(images[:2], QUESTIONS[:3])
+    with pytest.raises(InvalidInput, match="questions must be strings"):
+        ans.answer(images[:1], [b"bytes?"])
+    with pytest.raises(InvalidInput, match="images must be PIL images"):
+        ans.answer(["cat.jpg"], ["what is it?"])
+    for bad in ({"num_beams": 0}, {"max_new_tokens": 0}, {"num_beams": 99}, {"max_new_tokens": 2.5}):
+        with pytest.raises(InvalidInput):
+            ans.answer(images[:1], ["what is it?"], **bad)
+
+
+def test_blip_answerer_kinds_are_checked(blip_dirs):
+    with pytest.raises(CheckpointError, match="question answering model.*load_answerer"):
+        encoders.load_captioner(str(blip_dirs["vqa", "current"]))
+    with pytest.raises(CheckpointError, match="question answering model.*load_answerer"):
+        encoders.load(str(blip_dirs["vqa", "legacy"]))
+    with pytest.raises(CheckpointError, match="captioning model.*load_captioner"):
+        encoders.load_answerer(str(blip_dirs["captioning", "current"]))
+    with pytest.raises(CheckpointError, match="retrieval model"):
+        encoders.load_answerer(str(blip_dirs["retrieval", "current"]))
+
+
+def test_blip_answerer_bf16(blip_dirs):
+    ans = encoders.load_answerer(str(blip_dirs["vqa", "current"]), dtype="bfloat16")
+    assert next(ans.model.parameters()).dtype == torch.bfloat16
+    answers = ans.answer(mixed_batch(), QUESTIONS, max_new_tokens=5, num_beams=2)
+    assert len(answers) == len(QUESTIONS) and all(isinstance(a, str) for a in answers)
+

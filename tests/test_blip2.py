@@ -162,3 +162,71 @@ def test_wrong_checkpoint_kind_is_a_clear_error(itm_dirs, caption_dirs):
     cap = encoders.load_captioner(str(caption_dirs["opt"]["current"]))
     with pytest.raises(InvalidInput):
         cap.caption(mixed_batch()[:1], num_beams=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prompted answers ("Question: {q} Answer:", the model cards' VQA prompt)
+
+QUESTIONS = ("what is shown?", "how many cats are there in this photo?", "", "is the circle red or blue?", "a?")
+
+
+@functools.lru_cache(maxsize=None)
+def reference_answers(ckpt_dir, questions, num_beams, max_new_tokens=12):
+    """transformers' generated ids (up to eos) and decoded answers for mixed_batch() with one question each.
+    Decoder-only OPT needs a left-padded batch (right padding would generate after pad tokens); T5's encoder
+    takes the processor's right padding with its mask."""
+    model, processor = _reference_captioner(ckpt_dir)
+    decoder_only = model.config.use_decoder_only_language_model
+    prompts = [f"Question: {q} Answer:" for q in questions]
+    side = processor.tokenizer.padding_side
+    processor.tokenizer.padding_side = "left" if decoder_only else "right"
+    try:
+        inputs = processor(images=mixed_batch(), text=prompts, padding=True, return_tensors="pt")
+    finally:
+        processor.tokenizer.padding_side = side
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    eos = model.config.text_config.eos_token_id
+    skip = inputs["input_ids"].shape[1] if decoder_only else 1
+    ids = []
+    for row in out.tolist():
+        generated = row[skip:]
+        ids.append(generated[:generated.index(eos) + 1] if eos in generated else generated)
+    return ids, [processor.tokenizer.decode(g, skip_special_tokens=True).strip() for g in ids]
+
+
+@pytest.mark.parametrize("layout", ["current", "legacy"])
+@pytest.mark.parametrize("lm", ["opt", "flan-t5"])
+def test_answers_match_transformers(lm, layout, caption_dirs):
+    images = mixed_batch()
+    ans = encoders.load_answerer(str(caption_dirs[lm][layout]))
+    assert ans.family == "blip2"
+    ans.batch_size = 3  # in two chunks
+    for num_beams in (1, 3):
+        ref_ids, ref_answers = reference_answers(str(caption_dirs[lm]["current"]), QUESTIONS, num_beams)
+        assert ans.answer_ids(images, list(QUESTIONS), max_new_tokens=12, num_beams=num_beams) == ref_ids, num_beams
+        assert ans.answer(images, list(QUESTIONS), max_new_tokens=12, num_beams=num_beams) == ref_answers
+    assert len({len(ids) for ids in ref_ids}) > 1 or len(set(ref_answers)) > 1
+
+
+def test_answers_one_image_many_questions(caption_dirs):
+    ans = encoders.load_answerer(str(caption_dirs["opt"]["current"]))
+    image = mixed_batch()[0]
+    questions = list(QUESTIONS)
+    assert ans.answer([image], questions) == ans.answer([image] * len(questions), questions)
+    # each question is answered as if alone (prompts of one length run together, unpadded)
+    alone = [ans.answer([image], [q])[0] for q in questions]
+    assert ans.answer([image], questions) == alone
+    assert ans.answer([], []) == []
+
+
+def test_answerer_errors(itm_dirs, caption_dirs):
+    with pytest.raises(CheckpointError, match="load_reranker"):
+        encoders.load_answerer(str(itm_dirs["current"]))
+    ans = encoders.load_answerer(str(caption_dirs["flan-t5"]["current"]))
+    with pytest.raises(InvalidInput, match="one image per question"):
+        ans.answer(mixed_batch()[:2], ["a?", "b?", "c?"])
+    with pytest.raises(InvalidInput, match="questions must be strings"):
+        ans.answer(mixed_batch()[:1], [None])
+    with pytest.raises(InvalidInput, match="num_beams"):
+        ans.answer(mixed_batch()[:1], ["a?"], num_beams=0)

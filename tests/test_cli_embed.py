@@ -39,3 +39,19 @@ def test_embed_errors_are_one_line(tiny_siglip_dir, tmp_path):
     assert proc.returncode == 3 and "no such directory" in proc.stderr
     proc = run_cli("embed", "--model", str(tiny_siglip_dir))
     assert proc.returncode == 2 and "at least one --text or --image" in proc.stderr
+
+
+def test_embed_exact_decode(tiny_siglip_dir, tmp_path):
+    """JPEGs decode as the indexer decodes them (draft mode) unless --exact-decode asks for the full decode."""
+    from encoders.preprocess import load_image
+
+    path = tmp_path / "big.jpg"
+    random_image(1600, 1200, seed=3).save(path, quality=90)
+    enc = encoders.load(str(tiny_siglip_dir))
+    draft = enc.encode_images([load_image(path, draft_size=enc.image_preprocessor.draft_size)])[0]
+    full = enc.encode_images([load_image(path)])[0]
+    assert np.abs(draft - full).max() > 1e-4
+    for flags, want in (((), draft), (("--exact-decode",), full)):
+        proc = run_cli("embed", "--model", str(tiny_siglip_dir), "--image", str(path), "--json", *flags)
+        assert proc.returncode == 0, proc.stderr
+        np.testing.assert_allclose(np.array(json.loads(proc.stdout)["vectors"][0]["vector"]), want, atol=1e-6)

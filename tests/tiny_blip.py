@@ -36,39 +36,41 @@ def _tokenizer(vocab_file: Path, max_length: int):
     return tokenizer
 
 
-def _config(vocab_size: int, bos_id: int, *, image_size: int = 32, max_positions: int = 40):
+def _config(vocab_size: int, bos_id: int, *, image_size: int = 32, max_positions: int = 40, vision_width: int = 48):
     from transformers import BlipConfig
 
     return BlipConfig(
         text_config=dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=max_positions, bos_token_id=bos_id,
                          pad_token_id=0, sep_token_id=3, eos_token_id=2, initializer_range=0.3),
-        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        vision_config=dict(hidden_size=vision_width, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                            image_size=image_size, patch_size=8, initializer_range=0.05),
         image_text_hidden_size=16,
     )
 
 
 def make_tiny_blip(out: Path, kind: str, *, seed: int = 0) -> tuple[Path, Path]:
-    """Save a tiny BlipForImageTextRetrieval (kind="retrieval") or BlipForConditionalGeneration
-    (kind="captioning") with its BlipProcessor in `out` (current layout); returns (out, vocab.txt path) so
-    the legacy layout can be written with the slow tokenizer file."""
+    """Save a tiny BlipForImageTextRetrieval (kind="retrieval"), BlipForConditionalGeneration ("captioning")
+    or BlipForQuestionAnswering ("vqa") with its BlipProcessor in `out` (current layout); returns
+    (out, vocab.txt path) so the legacy layout can be written with the slow tokenizer file."""
     import torch
-    from transformers import (BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipImageProcessorPil,
-                              BlipProcessor)
+    from transformers import (BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipForQuestionAnswering,
+                              BlipImageProcessorPil, BlipProcessor)
 
     out = Path(out)
     vocab_file = write_vocab(out.parent / f"{out.name}_vocab" / "vocab.txt")
     tokenizer = _tokenizer(vocab_file, max_length=40)
-    config = _config(len(tokenizer), tokenizer.bos_token_id)
+    # transformers' VQA decoder cross-attends to the question through layers sized for the image width, so the
+    # two widths must agree (they do in the released checkpoints: 768 and 768)
+    config = _config(len(tokenizer), tokenizer.bos_token_id, vision_width=32 if kind == "vqa" else 48)
     torch.manual_seed(seed)
     if kind == "retrieval":
         model = BlipForImageTextRetrieval(config).eval()
     else:
-        model = BlipForConditionalGeneration(config).eval()
+        model = (BlipForConditionalGeneration if kind == "captioning" else BlipForQuestionAnswering)(config).eval()
         with torch.no_grad():
-            # random weights rarely pick [SEP]; make it likely enough that some captions end early
-            model.text_decoder.cls.predictions.bias[config.text_config.sep_token_id] += 4.0
+            # random weights rarely pick [SEP]; make it likely enough that some captions / answers end early
+            model.text_decoder.cls.predictions.bias[config.text_config.sep_token_id] += 4.0 if kind == "captioning" else 2.0
     model.save_pretrained(out)
     processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}),
                               tokenizer=tokenizer)
