@@ -243,6 +243,51 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ask(args: argparse.Namespace) -> int:
+    import time
+
+    images = []
+    for path in args.image:
+        try:
+            with open(path, "rb") as fh:
+                images.append(fh.read())
+        except OSError as exc:
+            raise InvalidInput(f"ask: cannot read {path}: {exc.strerror or exc}") from None
+    if not images and not args.id:
+        raise InvalidInput("ask: give --image FILE or --collection C --id N")
+    settings = dict(model=args.model, question=args.question, images=images, collection=args.collection or "",
+                    item_ids=args.id, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    if args.server:
+        import grpc
+
+        from mmsearch.errors import error_for_status
+        from search.client import SearchClient
+
+        token = args.token or os.environ.get("MMSEARCH_TOKEN") or None
+        try:
+            with SearchClient(args.server, token=token, tls=args.tls, timeout=args.timeout) as client:
+                answers = client.ask(**settings)
+        except grpc.RpcError as exc:
+            raise error_for_status(exc.code().name)(f"{exc.code().name}: {exc.details()}") from None
+    else:
+        from search.config import ServerConfig
+        from search.models import Models
+        from search.service import Service
+
+        models = Models(batching=False, device=args.device, dtype=args.dtype)
+        with _open_store(args) as store:
+            service = Service(store, models, ServerConfig(data_dir=store.data_dir), local=True)
+            answers = service.ask(**settings, deadline=time.monotonic() + args.timeout)
+    labels = args.image + [f"item {i}" for i in args.id]
+    if args.json:
+        print(json.dumps([{"input": label, "answer": answer} for label, answer in zip(labels, answers)],
+                         ensure_ascii=False))
+    else:
+        for label, answer in zip(labels, answers):
+            print(f"{label}\t{answer}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from search.demo.run import run_demo
 
@@ -365,6 +410,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="model weights (without --server)")
     data_args(p)
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("ask", help="answer a question about images or items (BLIP VQA, BLIP-2)")
+    p.add_argument("question")
+    p.add_argument("--model", required=True, help="BLIP VQA or BLIP-2 checkpoint")
+    p.add_argument("--image", action="append", default=[], metavar="FILE", help="an image file (repeatable)")
+    p.add_argument("--collection", help="the collection of --id items")
+    p.add_argument("--id", type=int, action="append", default=[], help="an item id (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--server", metavar="HOST:PORT", help="ask a running server instead of loading the model here")
+    p.add_argument("--token", help="bearer token for --server (also $MMSEARCH_TOKEN)")
+    p.add_argument("--tls", action="store_true")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES)
+    data_args(p)
+    p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("demo", help="the main job offline: synthetic photos -> index -> gRPC server -> queries, "
                        "scored against ground truth")

@@ -118,13 +118,14 @@ class SearchClient:
                caption_model: str = "", include_metadata: bool = False, include_caption: bool = False,
                include_vector: bool = False, nprobe: int = 0, ef_search: int = 0,
                min_score: float | None = None, min_rerank_probability: float | None = None,
-               include_regions: bool = False, timeout: float | None = None) -> pb.SearchResponse:
+               include_regions: bool = False, ask: str = "", ask_model: str = "",
+               timeout: float | None = None) -> pb.SearchResponse:
         request = pb.SearchRequest(collection=collection, top_k=top_k, filter=filter,
                                    rerank=pb.RerankOptions(model=rerank_model, depth=rerank_depth),
                                    rerank_text=rerank_text, caption_model=caption_model,
                                    include_metadata=include_metadata, include_caption=include_caption,
                                    include_vector=include_vector, nprobe=nprobe, ef_search=ef_search,
-                                   include_regions=include_regions)
+                                   include_regions=include_regions, ask=ask, ask_model=ask_model)
         if min_score is not None:
             request.min_score = min_score
         if min_rerank_probability is not None:
@@ -156,6 +157,14 @@ class SearchClient:
         request = pb.CaptionRequest(model=model, images=list(images), prompt=prompt, max_new_tokens=max_new_tokens,
                                     num_beams=num_beams)
         return list(self._call(self.stub.Caption, request, timeout).captions)
+
+    def ask(self, model: str, question: str, *, images: Sequence[bytes] = (), collection: str = "",
+            item_ids: Sequence[int] = (), max_new_tokens: int = 0, num_beams: int = 0,
+            timeout: float | None = None) -> list[str]:
+        """Answers to `question` about each image, then each item of `collection`."""
+        request = pb.AskRequest(model=model, question=question, images=list(images), collection=collection,
+                                item_ids=list(item_ids), max_new_tokens=max_new_tokens, num_beams=num_beams)
+        return list(self._call(self.stub.Ask, request, timeout).answers)
 
     # -- items --
 

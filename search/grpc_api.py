@@ -120,7 +120,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             min_score=request.min_score if request.HasField("min_score") else None,
             min_rerank_probability=(request.min_rerank_probability if request.HasField("min_rerank_probability")
                                     else None),
-            include_regions=request.include_regions)
+            include_regions=request.include_regions, ask=request.ask, ask_model=request.ask_model)
         result = self.service.search(query, deadline)
         response = pb.SearchResponse(filter_strategy=result.filter_strategy, candidates=result.candidates,
                                      timing=pb.Timing(**result.timing))
@@ -134,6 +134,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 out.caption = hit.caption
             if hit.vector is not None:
                 out.vector.CopyFrom(_vector(hit.vector))
+            if hit.answer is not None:
+                out.answer = hit.answer
             if hit.region is not None:
                 r = hit.region
                 out.region.CopyFrom(pb.Region(mask_png=r.mask_png, view_left=r.view[0], view_top=r.view[1],
@@ -162,6 +164,14 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                                         prompt=request.prompt, max_new_tokens=request.max_new_tokens,
                                         num_beams=request.num_beams, deadline=deadline)
         return pb.CaptionResponse(captions=captions)
+
+    @_rpc
+    def Ask(self, request: pb.AskRequest, context, deadline):
+        answers = self.service.ask(model=request.model, question=request.question, images=list(request.images),
+                                   collection=request.collection, item_ids=list(request.item_ids),
+                                   max_new_tokens=request.max_new_tokens, num_beams=request.num_beams,
+                                   deadline=deadline)
+        return pb.AskResponse(answers=answers)
 
     @_rpc
     def Upsert(self, request_iterator, context, deadline):

@@ -5,6 +5,7 @@
     rr = models.reranker("path/to/blip-itm")
     models.reranker("/etc")                 # NotFound: not a model this server serves
 
+The same name may be loaded as several kinds (a BLIP retrieval checkpoint as dual encoder and reranker).
 Which models a request may name: `allow=None` means any name the process can load (the CLI on the
 operator's own machine); a server passes the names it serves (its `allow_models` and `preload`), and the
 collections' own encoders are always allowed. Anything else is NotFound before a file is looked at, so a
@@ -109,6 +110,11 @@ class Models:
         import encoders
 
         return self._get("caption", name, lambda n: encoders.load_captioner(n, device=self.device, dtype=self.dtype))
+
+    def answerer(self, name: str):
+        import encoders
+
+        return self._get("answer", name, lambda n: encoders.load_answerer(n, device=self.device, dtype=self.dtype))
 
     def loaded(self) -> list[str]:
         with self._lock:

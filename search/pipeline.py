@@ -69,6 +69,8 @@ class Query:
     min_score: float | None = None               # drop first-stage hits scoring below this
     min_rerank_probability: float | None = None  # drop reranked hits whose ITM P(match) is below this
     include_regions: bool = False                # GroupViT collections, text queries: where each hit matched
+    ask: str = ""                                # a question answered about each hit by ask_model
+    ask_model: str = ""
 
 
 @dataclass
@@ -83,6 +85,7 @@ class Hit:
     width: int = 0
     height: int = 0
     region: Any = None  # search.regions.Region, with include_regions
+    answer: str | None = None  # with ask
 
 
 @dataclass
@@ -212,7 +215,7 @@ class Searcher:
     def search(self, query: Query, deadline: float | None = None) -> SearchResult:
         t_start = time.perf_counter()
         timing = dict.fromkeys(("encode_ms", "filter_ms", "ann_ms", "fetch_ms", "rerank_ms", "caption_ms",
-                                "regions_ms"), 0.0)
+                                "regions_ms", "ask_ms"), 0.0)
         top_k = check_top_k(query.top_k)
         for name, value in (("nprobe", query.nprobe), ("ef_search", query.ef)):
             if value < 0:
@@ -229,6 +232,12 @@ class Searcher:
                 raise InvalidInput(f"include_regions needs a GroupViT collection; {handle.name!r} uses "
                                    f"{handle.row.encoder_family}")
         reranker = self.models.reranker(query.rerank_model) if query.rerank_model else None
+        answerer = None
+        if query.ask or query.ask_model:
+            check_question(query.ask)
+            if not query.ask_model:
+                raise InvalidInput("ask needs ask_model: a BLIP VQA or BLIP-2 checkpoint the server serves")
+            answerer = self.models.answerer(query.ask_model)
 
         t = time.perf_counter()
         vector, rerank_text = self.query_vector(query, handle, deadline)
@@ -274,6 +283,16 @@ class Searcher:
             t = time.perf_counter()
             self._regions(self.models.for_collection(handle).encoder, query.text, hits, rows, deadline)
             timing["regions_ms"] = _ms(t)
+        if answerer is not None and hits:
+            t = time.perf_counter()
+            for chunk in self._item_images(hits, rows, deadline, "ask", chunk_count=ASK_CHUNK):
+                remaining(deadline, "answering")
+                answers = answerer.answer([image for _, image in chunk], [query.ask] * len(chunk))
+                for (hit, _), answer in zip(chunk, answers):
+                    hit.answer = answer
+            for hit in hits:
+                hit.answer = hit.answer or ""
+            timing["ask_ms"] = _ms(t)
         if query.caption_model:
             t = time.perf_counter()
             self._caption(query.caption_model, [h for h in hits if not h.caption], rows, deadline)
@@ -319,7 +338,7 @@ class Searcher:
         timing["ann_ms"] += _ms(t)
         return hits, "post_filter"
 
-    def _item_images(self, hits: list[Hit], rows, deadline, stage: str):
+    def _item_images(self, hits: list[Hit], rows, deadline, stage: str, *, chunk_count: int = RERANK_CHUNK):
         """Chunks of [(hit, image)] for the hits whose stored image can be read (others are logged and left
         out), decoded lazily under the pixel budget."""
         readable: list[tuple[int, bytes]] = []
@@ -333,7 +352,7 @@ class Searcher:
             log.warning("%s: skipping item %d: %s", stage, hits[position].id, exc)
 
         for chunk in self.decode(readable, deadline, label=lambda p: f"item {hits[p].id}",
-                                 draft_size=CANDIDATE_IMAGE_DRAFT, on_error=skip):
+                                 draft_size=CANDIDATE_IMAGE_DRAFT, on_error=skip, chunk_count=chunk_count):
             yield [(hits[position], image) for position, image in chunk]
 
     def _rerank(self, reranker, text: str, hits: list[Hit], rows, depth: int, deadline) -> list[Hit]:
@@ -368,6 +387,18 @@ class Searcher:
             remaining(deadline, "captioning")
             for (hit, _), text in zip(chunk, captioner.caption([image for _, image in chunk])):
                 hit.caption = text
+
+
+MAX_QUESTION_CHARS = 1000
+ASK_CHUNK = 8
+
+
+def check_question(question) -> str:
+    if not isinstance(question, str) or not question.strip():
+        raise InvalidInput("the question is empty")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise InvalidInput(f"the question is longer than {MAX_QUESTION_CHARS} characters")
+    return question
 
 
 def _check_thresholds(query: Query) -> None:

@@ -25,7 +25,7 @@ from indexer.files import normalize_roots, read_file
 from mmsearch.errors import InvalidInput, MMSearchError, NotFound
 from search.config import ServerConfig
 from search.limits import PixelBudget
-from search.pipeline import Query, SearchResult, Searcher, image_blob_path, remaining
+from search.pipeline import ASK_CHUNK, Query, SearchResult, Searcher, check_question, image_blob_path, remaining
 
 log = logging.getLogger("mmsearch.service")
 
@@ -89,12 +89,15 @@ class CollectionInfo:
 
 
 class Service:
-    def __init__(self, store, models, config: ServerConfig):
+    """`local=True`: the operator's own process (the CLI), which may read item files anywhere; a server
+    reads only under its image_roots."""
+
+    def __init__(self, store, models, config: ServerConfig, *, local: bool = False):
         self.store, self.models, self.config = store, models, config
         self.roots = normalize_roots(config.image_roots)
         self.pixel_budget = PixelBudget(config.pixel_budget_mp * 1e6)
         self.searcher = Searcher(store, models, default_depth=config.rerank_default_depth,
-                                 max_depth=config.rerank_max_depth, image_roots=config.image_roots,
+                                 max_depth=config.rerank_max_depth, image_roots=None if local else config.image_roots,
                                  pixel_budget=self.pixel_budget, max_image_pixels=int(config.max_image_mp * 1e6))
 
     # -- search and models --
@@ -161,6 +164,35 @@ class Service:
             captions.extend(captioner.caption([image for _, image in chunk], prompt=prompt or None,
                                               max_new_tokens=max_new_tokens or 30, num_beams=num_beams or 1))
         return captions
+
+    def ask(self, *, model: str, question: str, images=(), collection: str = "", item_ids=(),
+            max_new_tokens: int = 0, num_beams: int = 0, deadline: float) -> list[str]:
+        """One answer per input: the images, then the collection's items (their stored pixels)."""
+        from encoders.api import check_generation
+
+        images, item_ids = [bytes(b) for b in images], [int(i) for i in item_ids]
+        check_question(question)
+        if not images and not item_ids:
+            raise InvalidInput("nothing to ask about: give images or item ids")
+        if len(images) + len(item_ids) > MAX_EMBED_INPUTS:
+            raise InvalidInput(f"at most {MAX_EMBED_INPUTS} images and items per call")
+        if item_ids and not collection:
+            raise InvalidInput("item ids need their collection")
+        max_new_tokens, num_beams = check_generation(max_new_tokens or 20, num_beams or 1)
+        answerer = self.models.answerer(model)
+        _check_images(images)
+        blobs = list(enumerate(images))
+        if item_ids:
+            rows = {row.id: row for row in self.get(collection, item_ids)}
+            blobs += [(len(images) + n, self.searcher.images.data(rows[i])) for n, i in enumerate(item_ids)]
+        answers: dict[int, str] = {}
+        label = (lambda p: f"images[{p}]" if p < len(images) else f"item {item_ids[p - len(images)]}")
+        for chunk in self.searcher.decode(blobs, deadline, label=label, chunk_count=ASK_CHUNK):
+            remaining(deadline, "answering")
+            replies = answerer.answer([image for _, image in chunk], [question] * len(chunk),
+                                      max_new_tokens=max_new_tokens, num_beams=num_beams)
+            answers.update((position, reply) for (position, _), reply in zip(chunk, replies))
+        return [answers[p] for p in range(len(blobs))]
 
     # -- items --
 

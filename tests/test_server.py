@@ -105,7 +105,7 @@ def test_reflection_lists_and_describes_the_service(server):
         pool = DescriptorPool(db)
         service = pool.FindServiceByName("mmsearch.v1.SearchService")
         assert {m.name for m in service.methods} == {
-            "Search", "Embed", "Rerank", "Caption", "Upsert", "Delete", "Get", "CreateCollection",
+            "Search", "Embed", "Rerank", "Caption", "Ask", "Upsert", "Delete", "Get", "CreateCollection",
             "ListCollections", "DropCollection", "CollectionStats"}
         assert pool.FindMessageTypeByName("mmsearch.v1.SearchRequest").fields_by_name["top_k"].number == 6
 

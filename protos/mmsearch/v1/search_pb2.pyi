@@ -22,7 +22,7 @@ class RerankOptions(_message.Message):
     def __init__(self, model: _Optional[str] = ..., depth: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "image", "vector", "item_id", "top_k", "filter", "rerank", "include_metadata", "include_caption", "include_vector", "nprobe", "ef_search", "rerank_text", "caption_model", "min_score", "min_rerank_probability", "include_regions")
+    __slots__ = ("collection", "text", "image", "vector", "item_id", "top_k", "filter", "rerank", "include_metadata", "include_caption", "include_vector", "nprobe", "ef_search", "rerank_text", "caption_model", "min_score", "min_rerank_probability", "include_regions", "ask", "ask_model")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,8 @@ class SearchRequest(_message.Message):
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     MIN_RERANK_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    ASK_FIELD_NUMBER: _ClassVar[int]
+    ASK_MODEL_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     image: bytes
@@ -59,7 +61,9 @@ class SearchRequest(_message.Message):
     min_score: float
     min_rerank_probability: float
     include_regions: bool
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[str] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., include_metadata: _Optional[bool] = ..., include_caption: _Optional[bool] = ..., include_vector: _Optional[bool] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., rerank_text: _Optional[str] = ..., caption_model: _Optional[str] = ..., min_score: _Optional[float] = ..., min_rerank_probability: _Optional[float] = ..., include_regions: _Optional[bool] = ...) -> None: ...
+    ask: str
+    ask_model: str
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[str] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., include_metadata: _Optional[bool] = ..., include_caption: _Optional[bool] = ..., include_vector: _Optional[bool] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., rerank_text: _Optional[str] = ..., caption_model: _Optional[str] = ..., min_score: _Optional[float] = ..., min_rerank_probability: _Optional[float] = ..., include_regions: _Optional[bool] = ..., ask: _Optional[str] = ..., ask_model: _Optional[str] = ...) -> None: ...
 
 class Region(_message.Message):
     __slots__ = ("mask_png", "view_left", "view_top", "view_right", "view_bottom", "x0", "y0", "x1", "y1", "score", "coverage")
@@ -88,7 +92,7 @@ class Region(_message.Message):
     def __init__(self, mask_png: _Optional[bytes] = ..., view_left: _Optional[float] = ..., view_top: _Optional[float] = ..., view_right: _Optional[float] = ..., view_bottom: _Optional[float] = ..., x0: _Optional[int] = ..., y0: _Optional[int] = ..., x1: _Optional[int] = ..., y1: _Optional[int] = ..., score: _Optional[float] = ..., coverage: _Optional[float] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "uri", "score", "rerank_score", "metadata", "caption", "vector", "width", "height", "region")
+    __slots__ = ("id", "uri", "score", "rerank_score", "metadata", "caption", "vector", "width", "height", "region", "answer")
     ID_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +103,7 @@ class Hit(_message.Message):
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
     id: int
     uri: str
     score: float
@@ -109,10 +114,11 @@ class Hit(_message.Message):
     width: int
     height: int
     region: Region
-    def __init__(self, id: _Optional[int] = ..., uri: _Optional[str] = ..., score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., caption: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., region: _Optional[_Union[Region, _Mapping]] = ...) -> None: ...
+    answer: str
+    def __init__(self, id: _Optional[int] = ..., uri: _Optional[str] = ..., score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., caption: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., region: _Optional[_Union[Region, _Mapping]] = ..., answer: _Optional[str] = ...) -> None: ...
 
 class Timing(_message.Message):
-    __slots__ = ("encode_ms", "filter_ms", "ann_ms", "fetch_ms", "rerank_ms", "total_ms", "caption_ms", "regions_ms")
+    __slots__ = ("encode_ms", "filter_ms", "ann_ms", "fetch_ms", "rerank_ms", "total_ms", "caption_ms", "regions_ms", "ask_ms")
     ENCODE_MS_FIELD_NUMBER: _ClassVar[int]
     FILTER_MS_FIELD_NUMBER: _ClassVar[int]
     ANN_MS_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +127,7 @@ class Timing(_message.Message):
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     CAPTION_MS_FIELD_NUMBER: _ClassVar[int]
     REGIONS_MS_FIELD_NUMBER: _ClassVar[int]
+    ASK_MS_FIELD_NUMBER: _ClassVar[int]
     encode_ms: float
     filter_ms: float
     ann_ms: float
@@ -129,7 +136,8 @@ class Timing(_message.Message):
     total_ms: float
     caption_ms: float
     regions_ms: float
-    def __init__(self, encode_ms: _Optional[float] = ..., filter_ms: _Optional[float] = ..., ann_ms: _Optional[float] = ..., fetch_ms: _Optional[float] = ..., rerank_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., caption_ms: _Optional[float] = ..., regions_ms: _Optional[float] = ...) -> None: ...
+    ask_ms: float
+    def __init__(self, encode_ms: _Optional[float] = ..., filter_ms: _Optional[float] = ..., ann_ms: _Optional[float] = ..., fetch_ms: _Optional[float] = ..., rerank_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., caption_ms: _Optional[float] = ..., regions_ms: _Optional[float] = ..., ask_ms: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "timing", "filter_strategy", "candidates")
@@ -202,6 +210,30 @@ class CaptionResponse(_message.Message):
     CAPTIONS_FIELD_NUMBER: _ClassVar[int]
     captions: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, captions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AskRequest(_message.Message):
+    __slots__ = ("model", "question", "images", "collection", "item_ids", "max_new_tokens", "num_beams")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_BEAMS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    question: str
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    collection: str
+    item_ids: _containers.RepeatedScalarFieldContainer[int]
+    max_new_tokens: int
+    num_beams: int
+    def __init__(self, model: _Optional[str] = ..., question: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., collection: _Optional[str] = ..., item_ids: _Optional[_Iterable[int]] = ..., max_new_tokens: _Optional[int] = ..., num_beams: _Optional[int] = ...) -> None: ...
+
+class AskResponse(_message.Message):
+    __slots__ = ("answers",)
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    answers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, answers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpsertItem(_message.Message):
     __slots__ = ("uri", "image", "metadata", "caption")

@@ -54,6 +54,11 @@ class SearchServiceStub:
                 request_serializer=mmsearch_dot_v1_dot_search__pb2.CaptionRequest.SerializeToString,
                 response_deserializer=mmsearch_dot_v1_dot_search__pb2.CaptionResponse.FromString,
                 _registered_method=True)
+        self.Ask = channel.unary_unary(
+                '/mmsearch.v1.SearchService/Ask',
+                request_serializer=mmsearch_dot_v1_dot_search__pb2.AskRequest.SerializeToString,
+                response_deserializer=mmsearch_dot_v1_dot_search__pb2.AskResponse.FromString,
+                _registered_method=True)
         self.Upsert = channel.stream_unary(
                 '/mmsearch.v1.SearchService/Upsert',
                 request_serializer=mmsearch_dot_v1_dot_search__pb2.UpsertRequest.SerializeToString,
@@ -117,6 +122,13 @@ class SearchServiceServicer:
 
     def Caption(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Ask(self, request, context):
+        """Visual question answering (BLIP VQA, or BLIP-2 prompted): one answer per image / item.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -187,6 +199,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.Caption,
                     request_deserializer=mmsearch_dot_v1_dot_search__pb2.CaptionRequest.FromString,
                     response_serializer=mmsearch_dot_v1_dot_search__pb2.CaptionResponse.SerializeToString,
+            ),
+            'Ask': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ask,
+                    request_deserializer=mmsearch_dot_v1_dot_search__pb2.AskRequest.FromString,
+                    response_serializer=mmsearch_dot_v1_dot_search__pb2.AskResponse.SerializeToString,
             ),
             'Upsert': grpc.stream_unary_rpc_method_handler(
                     servicer.Upsert,
@@ -332,6 +349,33 @@ class SearchService:
             '/mmsearch.v1.SearchService/Caption',
             mmsearch_dot_v1_dot_search__pb2.CaptionRequest.SerializeToString,
             mmsearch_dot_v1_dot_search__pb2.CaptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mmsearch.v1.SearchService/Ask',
+            mmsearch_dot_v1_dot_search__pb2.AskRequest.SerializeToString,
+            mmsearch_dot_v1_dot_search__pb2.AskResponse.FromString,
             options,
             channel_credentials,
             insecure,
