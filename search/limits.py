@@ -34,6 +34,8 @@ class PixelBudget:
         if pixels > self.total:
             raise TooLarge(f"{what}: {pixels / 1e6:.1f} MP decoded is more than this server holds at once "
                            f"({self.total / 1e6:.0f} MP); send a smaller image")
+        if deadline is not None:  # give up a little early, so the refusal reaches the client before its deadline
+            deadline -= min(0.25, 0.1 * max(0.0, deadline - time.monotonic()))
         with self._cond:
             while self.used + pixels > self.total:
                 left = None if deadline is None else deadline - time.monotonic()
