@@ -22,7 +22,7 @@ class RerankOptions(_message.Message):
     def __init__(self, model: _Optional[str] = ..., depth: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "image", "vector", "item_id", "top_k", "filter", "rerank", "include_metadata", "include_caption", "include_vector", "nprobe", "ef_search", "rerank_text", "caption_model")
+    __slots__ = ("collection", "text", "image", "vector", "item_id", "top_k", "filter", "rerank", "include_metadata", "include_caption", "include_vector", "nprobe", "ef_search", "rerank_text", "caption_model", "offset", "min_score")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,8 @@ class SearchRequest(_message.Message):
     EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     RERANK_TEXT_FIELD_NUMBER: _ClassVar[int]
     CAPTION_MODEL_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     image: bytes
@@ -53,10 +55,12 @@ class SearchRequest(_message.Message):
     ef_search: int
     rerank_text: str
     caption_model: str
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[str] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., include_metadata: _Optional[bool] = ..., include_caption: _Optional[bool] = ..., include_vector: _Optional[bool] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., rerank_text: _Optional[str] = ..., caption_model: _Optional[str] = ...) -> None: ...
+    offset: int
+    min_score: float
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[str] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., include_metadata: _Optional[bool] = ..., include_caption: _Optional[bool] = ..., include_vector: _Optional[bool] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., rerank_text: _Optional[str] = ..., caption_model: _Optional[str] = ..., offset: _Optional[int] = ..., min_score: _Optional[float] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "uri", "score", "rerank_score", "metadata", "caption", "vector", "width", "height")
+    __slots__ = ("id", "uri", "score", "rerank_score", "metadata", "caption", "vector", "width", "height", "sha256")
     ID_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +70,7 @@ class Hit(_message.Message):
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
     id: int
     uri: str
     score: float
@@ -75,7 +80,8 @@ class Hit(_message.Message):
     vector: Vector
     width: int
     height: int
-    def __init__(self, id: _Optional[int] = ..., uri: _Optional[str] = ..., score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., caption: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
+    sha256: str
+    def __init__(self, id: _Optional[int] = ..., uri: _Optional[str] = ..., score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., caption: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("encode_ms", "filter_ms", "ann_ms", "fetch_ms", "rerank_ms", "total_ms", "caption_ms")
@@ -96,16 +102,18 @@ class Timing(_message.Message):
     def __init__(self, encode_ms: _Optional[float] = ..., filter_ms: _Optional[float] = ..., ann_ms: _Optional[float] = ..., fetch_ms: _Optional[float] = ..., rerank_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., caption_ms: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "timing", "filter_strategy", "candidates")
+    __slots__ = ("hits", "timing", "filter_strategy", "candidates", "next_offset")
     HITS_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     FILTER_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     timing: Timing
     filter_strategy: str
     candidates: int
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., filter_strategy: _Optional[str] = ..., candidates: _Optional[int] = ...) -> None: ...
+    next_offset: int
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., filter_strategy: _Optional[str] = ..., candidates: _Optional[int] = ..., next_offset: _Optional[int] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("collection", "model", "texts", "images")
