@@ -630,7 +630,8 @@ class HttpTransport:
             time.sleep(0.01)
 
     def stop(self, grace: float) -> None:
-        self.server.config.timeout_graceful_shutdown = grace
+        # uvicorn reports a zero timeout as cancelled tasks even when none run; a tenth of a second is "now"
+        self.server.config.timeout_graceful_shutdown = max(grace, 0.1)
         self.server.should_exit = True
 
     def wait(self, timeout: float | None = None) -> None:

@@ -62,6 +62,16 @@ def example_query(index: int) -> tuple[bytes, shapes.Query]:
     return data, shapes.Query(text, "colour+shape", label.shape, label.colour)
 
 
+def build_collection(data_dir: str | os.PathLike, n_images: int, *, workers: int | None = 0,
+                     model_dir: str | os.PathLike = MODEL_DIR, say=lambda message: None) -> Path:
+    """The demo collection without the rest of the demo (tests, bench/web.py): write `n_images` photos under
+    DATA_DIR/demo-photos and index them into collection COLLECTION; returns the manifest (ground truth)."""
+    data_dir = Path(data_dir).absolute()
+    manifest = shapes.write_collection(data_dir / PHOTOS, n_images)
+    _index(data_dir, manifest, n_images, Path(model_dir).absolute(), workers=workers, progress=False, say=say)
+    return manifest
+
+
 def _index(data_dir: Path, manifest: Path, n_images: int, model_dir: Path, *, workers: int | None, progress: bool, say) -> None:
     import encoders
     from mmsearch.errors import Conflict

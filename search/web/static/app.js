@@ -62,16 +62,21 @@
     }
   }
 
+  let tokenAsked = null;  // one prompt for all the calls that met a 401 at once
   function askToken() {
-    return new Promise((resolve) => {
-      ui.token.value = "";
-      ui.tokenDialog.showModal();
-      ui.tokenDialog.addEventListener("close", () => {
-        token = ui.token.value.trim();
-        if (token) sessionStorage.setItem("mmsearch-token", token);
-        resolve(Boolean(token));
-      }, { once: true });
-    });
+    if (!tokenAsked) {
+      tokenAsked = new Promise((resolve) => {
+        ui.token.value = "";
+        ui.tokenDialog.showModal();
+        ui.tokenDialog.addEventListener("close", () => {
+          token = ui.token.value.trim();
+          if (token) sessionStorage.setItem("mmsearch-token", token);
+          tokenAsked = null;
+          resolve(Boolean(token));
+        }, { once: true });
+      });
+    }
+    return tokenAsked;
   }
 
   // -- the query and the URL -----------------------------------------------------------------------------
