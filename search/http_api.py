@@ -30,6 +30,8 @@ import hashlib
 import hmac
 import logging
 import math
+import os
+import secrets
 import socket
 import threading
 import time
@@ -191,21 +193,29 @@ def request_deadline(request: Request, default_s: float) -> float:
 
 
 class MediaUrls:
-    """URLs of thumbnails and originals. `v` (the content hash) makes a new URL when an item's content
-    changes, so a URL can be cached for good; `sig` lets an <img> tag in when the server has a token."""
+    """URLs of thumbnails and originals: .../items/ID/thumbnail?v=SHA256&sig=HMAC. `v` is the item's content
+    hash when the URL was made, so a new URL comes with new content and a URL can be cached for good;
+    `sig` (an HMAC of kind, collection, id and v) proves the server made the URL from its catalog. It lets an
+    <img> tag in when the server has a token (the key derives from it, so URLs outlive restarts), and lets a
+    thumbnail be served from DATA_DIR/thumbs/<v> without reading the catalog again (without a token the key
+    is random per process)."""
 
     def __init__(self, token: str | None):
-        self.key = hashlib.sha256(b"mmsearch media url\0" + token.encode()).digest() if token else None
+        self.key = (hashlib.sha256(b"mmsearch media url\0" + token.encode()).digest() if token
+                    else secrets.token_bytes(32))
 
-    def sign(self, kind: str, collection: str, item_id: int) -> str:
-        return hmac.new(self.key, f"{kind}\0{collection}\0{item_id}".encode(), hashlib.sha256).hexdigest()[:32]
+    def sign(self, kind: str, collection: str, item_id: int, sha256: str) -> str:
+        message = f"{kind}\0{collection}\0{item_id}\0{sha256}".encode()
+        return hmac.new(self.key, message, hashlib.sha256).hexdigest()[:32]
 
     def url(self, kind: str, collection: str, item_id: int, sha256: str) -> str:
-        url = f"/api/v1/collections/{quote(collection, safe='')}/items/{item_id}/{kind}?v={sha256[:16]}"
-        return url + (f"&sig={self.sign(kind, collection, item_id)}" if self.key else "")
+        return (f"/api/v1/collections/{quote(collection, safe='')}/items/{item_id}/{kind}"
+                f"?v={sha256}&sig={self.sign(kind, collection, item_id, sha256)}")
 
-    def allows(self, kind: str, collection: str, item_id: int, sig: str) -> bool:
-        return self.key is not None and hmac.compare_digest(sig.encode(), self.sign(kind, collection, item_id).encode())
+    def made(self, kind: str, collection: str, item_id: int, sha256: str, sig: str) -> bool:
+        """Whether the server made this URL (for the content `sha256` of that item)."""
+        return bool(sig) and hmac.compare_digest(sig.encode("utf-8", "replace"),
+                                                 self.sign(kind, collection, item_id, sha256).encode())
 
 
 IMAGE_TYPES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF87a", "image/gif"),
@@ -262,7 +272,8 @@ class BodyLimit:
 
 
 class Observe:
-    """Count and time every call of a named route (requests, errors by status, latency) into Metrics."""
+    """Count and time every call of a named route (requests, errors by status, latency) into Metrics, and
+    turn a bug into a 500 with a generic message (the traceback goes to the log only)."""
 
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics
@@ -271,15 +282,22 @@ class Observe:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        status = [500]
+        status, started = [500], [False]
 
         async def watch(event):
             if event["type"] == "http.response.start":
-                status[0] = event["status"]
+                status[0], started[0] = event["status"], True
             await send(event)
 
         try:
             await self.app(scope, receive, watch)
+        except Exception as exc:  # a bug: log it, answer without internals, keep the connection and serving
+            log.exception("%s %s crashed", scope.get("method"), scope.get("path"))
+            scope.setdefault("state", {})["mmsearch_error"] = status_of(exc)
+            if status[0] == 500 and not started[0]:
+                response = _error_json(MMSearchError(f"internal error ({type(exc).__name__}); "
+                                                     f"the server log has the details"))
+                await response(scope, receive, watch)
         finally:
             name = getattr(scope.get("route"), "name", "")
             if name[:1].isupper():  # API routes are named like RPCs; the page's files are not counted
@@ -331,12 +349,15 @@ def build_app(service: Service, metrics: Metrics, executor, ready: Ready) -> Fas
         if tokens is not None:
             tokens.check(request.headers.get("authorization"))
 
-    def authorize_media(request: Request, kind: str, collection: str, item_id: int, sig: str) -> None:
-        if tokens is None or (sig and media.allows(kind, collection, item_id, sig)):
-            return
-        if sig and "authorization" not in request.headers:
-            raise Unauthenticated("this media URL's signature is not valid here (ask the API for a fresh URL)")
-        tokens.check(request.headers.get("authorization"))
+    def authorize_media(request: Request, kind: str, collection: str, item_id: int, v: str, sig: str) -> bool:
+        """True when the URL is one the server made (no catalog read needed); else the token, if any."""
+        if media.made(kind, collection, item_id, v, sig):
+            return True
+        if tokens is not None:
+            if sig and "authorization" not in request.headers:
+                raise Unauthenticated("this media URL's signature is not valid here (ask the API for a fresh URL)")
+            tokens.check(request.headers.get("authorization"))
+        return False
 
     def deadline(request: Request) -> float:
         return request_deadline(request, config.default_deadline_s)
@@ -396,11 +417,6 @@ def build_app(service: Service, metrics: Metrics, executor, ready: Ready) -> Fas
         status = names.get(exc.status_code, "INVALID_ARGUMENT" if exc.status_code < 500 else "INTERNAL")
         request.state.mmsearch_error = status
         return _error_json(MMSearchError(str(exc.detail)), status, exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def on_bug(request: Request, exc: Exception):  # a bug: uvicorn logs the traceback
-        request.state.mmsearch_error = status_of(exc)
-        return _error_json(MMSearchError(f"internal error ({type(exc).__name__}); the server log has the details"))
 
     # -- search --
 
@@ -484,27 +500,30 @@ def build_app(service: Service, metrics: Metrics, executor, ready: Ready) -> Fas
     @app.get("/api/v1/collections/{collection}/items/{item_id}/thumbnail", name="Thumbnail", tags=["items"],
              responses={200: {"content": {"image/webp": {}}}, **ERRORS})
     async def thumbnail(collection: str, item_id: ItemId, request: Request, v: str = "", sig: str = ""):
-        """The item's thumbnail (WebP, longest side 256 px), by the item's stored content hash."""
-        authorize_media(request, "thumbnail", collection, item_id, sig)
+        """The item's thumbnail (WebP, longest side 256 px), found by the item's stored content hash."""
+        from indexer.files import read_file
+        from indexer.thumbnails import thumbnail_path
+
+        public = tokens is None
+        if authorize_media(request, "thumbnail", collection, item_id, v, sig):
+            # a URL the server made names the content: read the file on the loop, no catalog, no thread hop
+            path = thumbnail_path(service.store.data_dir, v)
+            if os.path.exists(path):
+                return _thumbnail(request, read_file(path, max_bytes=16 << 20), True, public)
         path, row = await run(service.thumbnail, collection, item_id, deadline(request))
         if path is None:
             raise NotFound(f"item {item_id} has no thumbnail (its original cannot be read here)")
-        from indexer.files import read_file
-
-        data = await run(read_file, path, max_bytes=16 << 20)
-        etag = '"' + hashlib.blake2b(data, digest_size=16).hexdigest() + '"'
-        return _cached(request, data, "image/webp", etag, bool(v) and row.sha256.startswith(v) and len(v) >= 16,
-                       public=tokens is None)
+        return _thumbnail(request, await run(read_file, path, max_bytes=16 << 20), v == row.sha256, public)
 
     @app.get("/api/v1/collections/{collection}/items/{item_id}/image", name="Image", tags=["items"],
              responses={200: {"content": {"image/*": {}}}, **ERRORS})
     async def original(collection: str, item_id: ItemId, request: Request, v: str = "", sig: str = ""):
         """The image the item was made from, when the server may read it (a kept upload, or a file under
         image_roots that still has the item's content)."""
-        authorize_media(request, "image", collection, item_id, sig)
+        authorize_media(request, "image", collection, item_id, v, sig)
         data, row = await run(service.original, collection, item_id)
-        response = _cached(request, data, image_type(data), f'"{row.sha256}"',
-                           bool(v) and row.sha256.startswith(v) and len(v) >= 16, public=tokens is None)
+        response = _cached(request, data, image_type(data), f'"{row.sha256}"', v == row.sha256,
+                           public=tokens is None)
         response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
         return response
 
@@ -565,6 +584,11 @@ def build_app(service: Service, metrics: Metrics, executor, ready: Ready) -> Fas
     app.add_middleware(Observe, metrics=metrics)
     app.add_middleware(BodyLimit, limit=max_bytes * 4 // 3 + 65536)
     return app
+
+
+def _thumbnail(request: Request, data: bytes, immutable: bool, public: bool) -> Response:
+    etag = '"' + hashlib.blake2b(data, digest_size=16).hexdigest() + '"'
+    return _cached(request, data, "image/webp", etag, immutable, public=public)
 
 
 def _cached(request: Request, data: bytes, media_type: str, etag: str, immutable: bool, *, public: bool) -> Response:

@@ -169,16 +169,16 @@
     generation += 1;
     hits = [];
     nextOffset = null;
+    const asking = qy.q || qy.like || qy.image;
+    if (asking) fetchPage(0, t0);  // the request leaves first; the old grid goes while it is under way
     ui.grid.replaceChildren();
     hideFilterError();
     ui.error.hidden = true;
     ui.empty.hidden = true;
-    if (!qy.q && !qy.like && !qy.image) {
+    if (!asking) {
       ui.status.textContent = "";
       showEmpty("Type what you are looking for, drop or paste an image, or pick \u201cMore like this\u201d on a result.");
-      return;
     }
-    fetchPage(0, t0);
   }
 
   function requestFor(qy, offset) {
@@ -222,15 +222,13 @@
                                        encodeMs: result.timing.encode_ms, totalMs: result.timing.total_ms,
                                        hits: result.hits.length, painted20: null } : null;
       if (record) perf.push(record);
-      render(result.hits, first, record);
+      const painted = render(result.hits, first, record);
       showStatus(result);
+      // The next page is fetched once this one's first thumbnails are on screen, not while they load.
+      painted.then(() => { if (mine === generation) { loading = false; maybeLoadMore(); } });
     } catch (err) {
-      if (mine !== generation) return;
-      showError(err);
-    } finally {
-      if (mine === generation) loading = false;
+      if (mine === generation) { loading = false; showError(err); }
     }
-    if (mine === generation) maybeLoadMore();
   }
 
   function maybeLoadMore() {
@@ -316,8 +314,9 @@
       img.loading = index < EAGER ? "eager" : "lazy";
       if (hit.width && hit.height) { img.width = hit.width; img.height = hit.height; }
       img.addEventListener("error", () => open.classList.add("missing"), { once: true });
+      img.fetchPriority = index < 20 ? "high" : "low";
       img.src = hit.thumbnail;
-      if (record && i < 20) waiting.push(img);
+      if (index < 20) waiting.push(img);
       open.append(img);
       open.addEventListener("click", () => openViewer(index));
       li.append(open);
@@ -354,19 +353,24 @@
       fragment.append(li);
     });
     ui.grid.append(fragment);
-    if (record) whenPainted(waiting, record);
+    return whenPainted(waiting, record);
   }
 
   function whenPainted(images, record) {
     // Settled = loaded or failed; then two animation frames, so the frame holding them has been painted.
+    // (Only the first page waits; a stuck image gives up after 5 s, so paging never stops.)
     const settled = images.map((img) => (img.complete ? Promise.resolve() : new Promise((resolve) => {
       img.addEventListener("load", resolve, { once: true });
       img.addEventListener("error", resolve, { once: true });
+      setTimeout(resolve, 5000);
     })));
-    Promise.all(settled).then(() => requestAnimationFrame(() => requestAnimationFrame(() => {
-      record.painted20 = performance.now();
-      record.loaded = images.filter((img) => img.naturalWidth > 0).length;
-    })));
+    return Promise.all(settled).then(() => new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(() => {
+      if (record) {
+        record.painted20 = performance.now();
+        record.loaded = images.filter((img) => img.naturalWidth > 0).length;
+      }
+      resolve();
+    }))));
   }
 
   function label(hit) {
