@@ -88,3 +88,15 @@ def write_results(name: str, rows: list[dict], **info) -> Path:
     out.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, **info, "rows": rows}, indent=2))
     print(f"\nwrote {out}")
     return out
+
+
+def serve_cli(args: list[str], log_path: str | Path) -> tuple[subprocess.Popen, str]:
+    """`mmsearch serve ARGS` in its own process (this checkout's code); returns it and its first stdout line
+    ("mmsearch serving on ..."), once it says so. Its log goes to `log_path`."""
+    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "serve", *args], stdout=subprocess.PIPE,
+                            stderr=open(log_path, "w"), text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    line = proc.stdout.readline()
+    if "serving on" not in line:
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line!r}; see {log_path}")
+    return proc, line

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,6 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import harness  # noqa: E402  (serve_cli)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -86,16 +87,9 @@ def _tower_numbers(enc, batch: int, repeats: int) -> dict:
 
 
 def start_server(data_dir: Path, batching: bool, batch_max: int, wait_ms: float, log_path: Path):
-    cmd = [sys.executable, "-m", "search.cli", "serve", "--address", "127.0.0.1:0", "--data-dir", str(data_dir),
-           "--workers", "64", "--batch-max", str(batch_max), "--batch-wait-ms", str(wait_ms)]
-    if not batching:
-        cmd.append("--no-batching")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True, cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    line = proc.stdout.readline()
-    if "serving on" not in line:
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line!r}; see {log_path}")
+    args = ["--address", "127.0.0.1:0", "--data-dir", str(data_dir), "--workers", "64", "--batch-max", str(batch_max),
+            "--batch-wait-ms", str(wait_ms)] + ([] if batching else ["--no-batching"])
+    proc, line = harness.serve_cli(args, log_path)
     return proc, int(line.split("127.0.0.1:")[1].split()[0])
 
 

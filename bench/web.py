@@ -33,7 +33,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -53,13 +52,7 @@ def spread(values: list[float]) -> dict:
 
 
 def start_server(args: list[str], log_path: Path) -> tuple[subprocess.Popen, dict]:
-    cmd = [sys.executable, "-m", "search.cli", "serve", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True, cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    line = proc.stdout.readline()
-    if "serving on" not in line:
-        proc.kill()
-        raise RuntimeError(f"server did not start: {line!r}; see {log_path}")
+    proc, line = harness.serve_cli(args, log_path)
     ports = {"http": None, "grpc": None}
     m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
     if m:
@@ -288,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
     print(f"\n{'measure':52s} {'median':>9s} {'p10':>8s} {'p90':>8s} {'min':>8s} {'max':>8s}")
-    rows = [(f"Enter -> 20 painted - encode, cold cache (ms)", page["cold"]["minus_encode_ms"]),
-            (f"Enter -> 20 painted - encode, warm cache (ms)", page["warm"]["minus_encode_ms"]),
+    rows = [("Enter -> 20 painted - encode, cold cache (ms)", page["cold"]["minus_encode_ms"]),
+            ("Enter -> 20 painted - encode, warm cache (ms)", page["warm"]["minus_encode_ms"]),
             ("Enter -> response, cold (ms)", page["cold"]["enter_to_response_ms"]),
             ("server total per query (ms)", page["cold"]["server_total_ms"]),
             ("HTTP / gRPC p50 latency, c=1, tiny model", api["ratio"]),

@@ -22,7 +22,6 @@ What an operator gets (names as exported):
 from __future__ import annotations
 
 import logging
-import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -89,18 +88,6 @@ class Metrics:
 def status_of(exc: BaseException) -> str:
     """The status label of a failed call: the error class's gRPC status name, INTERNAL for a bug."""
     return exc.grpc_status if isinstance(exc, MMSearchError) else "INTERNAL"
-
-
-class Timer:
-    """`with Timer() as t: ...; t.seconds`"""
-
-    def __enter__(self) -> "Timer":
-        self._start = time.perf_counter()
-        self.seconds = 0.0
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds = time.perf_counter() - self._start
 
 
 class _ScrapeTime:
