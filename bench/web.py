@@ -13,7 +13,8 @@
    so all 20 thumbnails come from the server) and warm (the same query again: thumbnails from the cache).
    Each query starts when the previous one's thumbnails and next-page fetch are done. The goal is judged on
    cold; median and spread (min, max, p10/p90) over all queries and rounds.
-2. Thumbnail bytes per item (goal <= 15 KB): the files written in step 1, over the whole collection.
+2. Thumbnail bytes per item (goal <= 15 KB): the files written in step 1, over the whole collection; beside
+   it, as an upper bound, thumbnails of 640x480 uniform noise (no image compresses worse).
 3. HTTP search overhead vs gRPC at concurrency 1 with a tiny model (goal <= 1.5x): the tiny SigLIP of the
    tests, 500 upserted images; one server process serving both transports; per round `--api-requests` text
    searches, each sent over gRPC (search.client.SearchClient), over HTTP with the standard library's
@@ -93,6 +94,14 @@ def write_thumbnails(data_dir: Path) -> list[int]:
                 write_thumbnail(data_dir, row.sha256, make_thumbnail(load_image(data, draft_size=(THUMB_SIZE, THUMB_SIZE))))
             sizes.append(os.path.getsize(path))
     return sizes
+
+
+def worst_case_thumbnails(n: int = 50) -> list[int]:
+    """Thumbnail bytes of 640x480 uniform-noise images (incompressible: an upper bound, not a photo)."""
+    from images import random_image
+    from indexer.thumbnails import make_thumbnail
+
+    return [len(make_thumbnail(random_image(640, 480, seed=i))) for i in range(n)]
 
 
 def page_rounds(port: int, rounds: int, profile_dir: Path, screenshot: str | None) -> dict:
@@ -265,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
 
     thumbs = {"items": len(sizes), "mean_bytes": float(np.mean(sizes)), **{k: float(v) for k, v in (
         ("median_bytes", np.median(sizes)), ("p95_bytes", np.percentile(sizes, 95)), ("max_bytes", max(sizes)))}}
+    noise = worst_case_thumbnails()
+    thumbs["worst_case_noise_640x480"] = {"items": len(noise), "mean_bytes": float(np.mean(noise)),
+                                          "max_bytes": float(max(noise))}
     goals = {
         "enter_to_20_painted_minus_encode_ms_cold": {"value": page["cold"]["minus_encode_ms"]["median"], "goal": 150,
                                                      "met": page["cold"]["minus_encode_ms"]["median"] <= 150},
@@ -294,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, s in rows:
         print(f"{name:52s} {s['median']:9.2f} {s['p10']:8.2f} {s['p90']:8.2f} {s['min']:8.2f} {s['max']:8.2f}")
     print(f"thumbnails: {thumbs['items']} items, mean {thumbs['mean_bytes'] / 1024:.1f} KB, "
-          f"p95 {thumbs['p95_bytes'] / 1024:.1f} KB, max {thumbs['max_bytes'] / 1024:.1f} KB")
+          f"p95 {thumbs['p95_bytes'] / 1024:.1f} KB, max {thumbs['max_bytes'] / 1024:.1f} KB; uniform noise "
+          f"640x480 (upper bound): mean {np.mean(noise) / 1024:.1f} KB")
     for name, g in goals.items():
         print(f"goal {name}: {g['value']:.2f} (goal <= {g['goal']}) {'met' if g['met'] else 'MISSED'}")
     print(f"wrote {args.out}")

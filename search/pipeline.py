@@ -12,6 +12,10 @@ whenever at least k items match. Otherwise (an unselective filter) the ANN searc
 candidates are checked against the filter in SQL, fetching deeper until k survive; if even the deepest
 fetch comes back short, the search falls back to the full id restriction.
 
+Paging: `offset` skips that many hits of the ranked list; the first stage fetches offset + top_k + 1 (the
+extra one says whether `next_offset` is set), so pages of one query over an unchanged collection are slices
+of one list. `min_score` cuts first-stage hits below it before paging.
+
 Reranking follows BLIP / BLIP-2: ITM on the top `depth` first-stage candidates (default 128, at most 256,
 never fewer than top_k when top_k fits in that cap), final order by ITM probability, ties by first-stage
 score; both scores are returned. Candidates whose image cannot be read keep only their first-stage score

@@ -1,19 +1,21 @@
-"""The server process: builds the service, serves it over gRPC (with health and reflection), shuts down
-cleanly.
+"""The server process: builds the one service, serves it over gRPC (with health and reflection) and, with
+`http`, over HTTP (the search page, the JSON API, /metrics: search/http_api.py), and shuts both down cleanly.
 
     from search.config import ServerConfig
     from search.server import serve, start
-    serve(ServerConfig(address="0.0.0.0:50051", data_dir="./mmsearch-data"))    # blocks until SIGTERM/SIGINT
-    server = start(config); ...; server.stop()                                   # in-process, for tests
+    serve(ServerConfig(address="0.0.0.0:50051", http="0.0.0.0:8080", data_dir="./mmsearch-data"))  # until SIGTERM
+    server = start(config); ...; server.stop()                     # in-process, for tests (port, http_port)
 
-Requests run on a thread pool; encoder calls from concurrent requests are batched (search/batching.py).
-With a `token`, every SearchService call must carry `authorization: Bearer <token>` metadata (health and
-reflection stay open, so probes and grpcurl listing work). With `tls_cert` + `tls_key` the port speaks TLS.
+Requests run on thread pools (one per transport, `workers` threads each); encoder calls from concurrent
+requests are batched (search/batching.py). With a `token`, every SearchService call and /api/ route must
+carry `authorization: Bearer <token>` (health, reflection, /healthz, /readyz, /metrics and the page stay
+open). With `tls_cert` + `tls_key` both ports speak TLS. One Metrics registry (search/metrics.py) counts
+both transports.
 
-Shutdown (SIGTERM, SIGINT or `stop()`): health turns NOT_SERVING at once and stays so for
+Shutdown (SIGTERM, SIGINT or `stop()`): gRPC health and /readyz turn NOT_SERVING at once and stay so for
 `health_grace_s` while calls are still accepted, so load balancers move away; then new calls are refused
-and in-flight ones get `drain_seconds` to finish. A handler stuck past that (a read that never returns)
-does not keep the process alive: `serve` exits anyway, saying so.
+on both transports and in-flight ones get `drain_seconds` to finish. A handler stuck past that (a read
+that never returns) does not keep the process alive: `serve` exits anyway, saying so.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse
@@ -93,6 +94,17 @@ def wait_results(driver, at_least: int = 20, loaded: int = 20, previous: list[in
     return wait(driver, ready)
 
 
+def settled(driver, quiet_s: float = 1.0) -> list[dict]:
+    """The cards once their number has not changed for `quiet_s` (no page is still arriving)."""
+    shown, since = cards(driver), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        time.sleep(0.1)
+        now = cards(driver)
+        if len(now) != len(shown):
+            shown, since = now, time.monotonic()
+    return shown
+
+
 def search(driver, text: str) -> None:
     box = driver.find_element("id", "q")
     box.clear()
@@ -121,7 +133,7 @@ def test_a_text_query_shows_thumbnails_whose_labels_match(browser, site, tmp_pat
     fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert not [u for u in fetched if "/image?" in u], "the page loaded originals nobody opened"
     status = browser.find_element("id", "status").text
-    assert "40 results" in status and "encode" in status, status
+    assert re.match(r"\d+ results", status) and "encode" in status, status
     shot = Path(tmp_path_factory.getbasetemp()) / "page.png"
     browser.save_screenshot(str(shot))
     print(f"screenshot of the page: {shot}")
@@ -131,31 +143,33 @@ def test_a_text_query_shows_thumbnails_whose_labels_match(browser, site, tmp_pat
 
 def test_enter_searches_puts_the_query_in_the_url_and_it_survives_a_reload(browser, site):
     browser.get(page_url(site, q="a red circle"))
-    before = [c["id"] for c in wait_results(browser)]
+    before = [c["id"] for c in wait_results(browser)][:40]
     search(browser, "two blue squares")
-    after = [c["id"] for c in wait_results(browser, previous=before)]
+    after = [c["id"] for c in wait_results(browser, previous=before)][:40]
     assert parse_qs(urlparse(browser.current_url).query)["q"] == ["two blue squares"]
     want = api(site, f"/api/v1/collections/{demo.COLLECTION}/search", text="two blue squares", top_k=40)
     assert after == [h["id"] for h in want["hits"]]
     browser.refresh()
     wait(browser, lambda d: d.find_element("id", "q").get_attribute("value") == "two blue squares")
-    assert [c["id"] for c in wait_results(browser)] == after
+    assert [c["id"] for c in wait_results(browser)][:40] == after
     browser.back()  # history: the previous query comes back
-    assert [c["id"] for c in wait_results(browser, previous=after)] == before
+    assert [c["id"] for c in wait_results(browser, previous=after)][:40] == before[:40]
 
 
 def test_more_like_this(browser, site):
     browser.get(page_url(site, q="a green triangle"))
-    first = wait_results(browser)[0]
+    before = wait_results(browser)
+    first = before[0]
     browser.execute_script("document.querySelector('#grid .card .like').click()")
-    shown = wait_results(browser, previous=[c["id"] for c in cards(browser)])
+    shown = wait_results(browser, previous=[c["id"] for c in before])
     assert parse_qs(urlparse(browser.current_url).query)["like"] == [str(first["id"])]
     want = api(site, f"/api/v1/collections/{demo.COLLECTION}/search", item_id=first["id"], top_k=40)
-    assert [c["id"] for c in shown] == [h["id"] for h in want["hits"]] and first["id"] not in [c["id"] for c in shown]
+    assert [c["id"] for c in shown][:40] == [h["id"] for h in want["hits"]]
+    assert first["id"] not in [c["id"] for c in shown]
     chip = browser.find_element("id", "chip")
     assert chip.is_displayed() and f"like #{first['id']}" in chip.text
     browser.refresh()  # "more like this" is in the URL too
-    assert [c["id"] for c in wait_results(browser)] == [c["id"] for c in shown]
+    assert [c["id"] for c in wait_results(browser)][:40] == [c["id"] for c in shown][:40]
 
 
 def test_a_bad_filter_shows_its_error_at_the_column(browser, site):
@@ -262,7 +276,7 @@ def test_the_rerank_switch_shows_itm_probabilities(browser, site):
     assert [o.get_attribute("value") for o in rerank.options] == ["", site.itm]
     browser.find_element("id", "depth").send_keys("24")
     rerank.select_by_value(site.itm)
-    shown = wait(browser, lambda d: (lambda cs: len(cs) == 20 and all(c["itm"] for c in cs) and cs)(cards(d)))
+    shown = wait(browser, lambda d: (lambda cs: len(cs) >= 20 and all(c["itm"] for c in cs) and cs)(cards(d)[:20]))
     assert all(c["itm"].startswith("ITM ") and c["itm"].endswith("%") for c in shown)
     assert set(c["id"] for c in shown) <= set(h["id"] for h in api(
         site, f"/api/v1/collections/{demo.COLLECTION}/search", text="a purple circle", top_k=24)["hits"])
@@ -273,7 +287,8 @@ def test_the_rerank_switch_shows_itm_probabilities(browser, site):
 
 def test_export_json_and_csv(browser, site, downloads):
     browser.get(page_url(site, q="a green square", k=20))
-    shown = wait_results(browser)
+    wait_results(browser)
+    shown = settled(browser)  # the next page may still be coming in after the first one paints
     for name in ("mmsearch-results.json", "mmsearch-results.csv"):
         (downloads / name).unlink(missing_ok=True)
     browser.find_element("id", "export-json").click()
