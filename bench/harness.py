@@ -174,16 +174,21 @@ def write_results(name: str, rows: list[dict], **info) -> Path:
     return out
 
 
-def start_server(data_dir: Path, log: Path, *flags: str):
-    """`mmsearch serve` on a free loopback port in its own process: (process, port)."""
-    cmd = [sys.executable, "-m", "search.cli", "serve", "--address", "127.0.0.1:0", "--data-dir", str(data_dir),
-           *flags]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+def serve_cli(args: list[str], log_path: str | Path) -> tuple[subprocess.Popen, str]:
+    """`mmsearch serve ARGS` in its own process (this checkout's code); returns it and its first stdout line
+    ("mmsearch serving on ..."), once it says so. Its log goes to `log_path`."""
+    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "serve", *args], stdout=subprocess.PIPE,
+                            stderr=open(log_path, "w"), text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
     line = proc.stdout.readline()
     if "serving on" not in line:
         proc.kill()
-        raise RuntimeError(f"server did not start: {line!r}; see {log}")
+        raise RuntimeError(f"server did not start: {line!r}; see {log_path}")
+    return proc, line
+
+
+def start_server(data_dir: Path, log: Path, *flags: str):
+    """`mmsearch serve` on a free loopback gRPC port with `data_dir`: (process, port)."""
+    proc, line = serve_cli(["--address", "127.0.0.1:0", "--data-dir", str(data_dir), *flags], log)
     return proc, int(line.split("127.0.0.1:")[1].split()[0])
 
 

@@ -17,6 +17,7 @@ before they reach the model.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from concurrent.futures import CancelledError, Future
@@ -27,6 +28,8 @@ import numpy as np
 
 from mmsearch.errors import DeadlineExceeded, Unavailable
 
+log = logging.getLogger("mmsearch.batching")
+
 
 class BatcherClosed(Unavailable):
     """The batcher was closed (server shutting down)."""
@@ -35,11 +38,13 @@ class BatcherClosed(Unavailable):
 class Batcher:
     """Collects single inputs from many threads into calls of `fn(list_of_inputs) -> rows`.
 
-    `fn` must return one row per input, in order (a sequence or an array indexed by row).
+    `fn` must return one row per input, in order (a sequence or an array indexed by row). `on_batch(inputs,
+    seconds)`, when given, is called after each batch the model ran (metrics).
     """
 
     def __init__(self, fn: Callable[[list[Any]], Sequence[Any] | np.ndarray], *, max_batch: int = 32,
-                 max_wait_ms: float = 2.0, name: str = "batcher", adaptive: bool = True):
+                 max_wait_ms: float = 2.0, name: str = "batcher", adaptive: bool = True,
+                 on_batch: Callable[[int, float], None] | None = None):
         if max_batch < 1:
             raise ValueError(f"{name}: max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
@@ -49,6 +54,7 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000.0
         self.name = name
         self.adaptive = adaptive
+        self.on_batch = on_batch
         self._last_batch = 1
         self._queue: collections.deque[tuple[float, Any, Future]] = collections.deque()
         self._cond = threading.Condition()
@@ -143,21 +149,29 @@ class Batcher:
                 except BaseException as single_exc:  # noqa: BLE001
                     future.set_exception(single_exc)
             return
+        seconds = time.perf_counter() - started
         self.batches += 1
         self.batched_inputs += len(items)
-        self.busy_s += time.perf_counter() - started
+        self.busy_s += seconds
         for (_, future), row in zip(batch, rows):
             future.set_result(row)
+        if self.on_batch is not None:
+            try:
+                self.on_batch(len(items), seconds)
+            except Exception:  # noqa: BLE001 - a metrics hook must never stop the worker
+                log.exception("%s: on_batch hook failed", self.name)
 
 
 class BatchedEncoder:
     """A DualEncoder whose encode_texts / encode_images go through batchers shared by all callers.
 
     With `enabled=False` calls go straight to the model in the caller's thread (the benchmark's baseline).
-    Everything else (name, family, dim, digest, ...) is the wrapped encoder's.
+    Everything else (name, family, dim, digest, ...) is the wrapped encoder's. `on_batch(model, kind, inputs,
+    seconds)` is called after each batch (kind "text" or "image").
     """
 
-    def __init__(self, encoder, *, max_batch: int = 32, max_wait_ms: float = 2.0, enabled: bool = True):
+    def __init__(self, encoder, *, max_batch: int = 32, max_wait_ms: float = 2.0, enabled: bool = True,
+                 on_batch: Callable[[str, str, int, float], None] | None = None):
         self.encoder = encoder
         self.enabled = enabled
         self._retired = False
@@ -167,9 +181,13 @@ class BatchedEncoder:
         self._image_call = _sized_calls(encoder.encode_images, params, PATCHES_PER_IMAGE)
         if enabled:
             label = getattr(encoder, "name", "encoder")
-            self._texts = Batcher(self._text_call, max_batch=max_batch, max_wait_ms=max_wait_ms, name=f"{label} texts")
+
+            def hook(kind: str):
+                return None if on_batch is None else (lambda n, seconds: on_batch(label, kind, n, seconds))
+            self._texts = Batcher(self._text_call, max_batch=max_batch, max_wait_ms=max_wait_ms, name=f"{label} texts",
+                                  on_batch=hook("text"))
             self._images = Batcher(self._image_call, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                                   name=f"{label} images")
+                                   name=f"{label} images", on_batch=hook("image"))
 
     def __getattr__(self, attr):
         return getattr(self.encoder, attr)

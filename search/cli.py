@@ -156,7 +156,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.token_file:
         with open(args.token_file, encoding="utf-8") as fh:
             token = fh.read().strip()
-    overrides = dict(address=args.address, data_dir=args.data_dir, db=args.db, token=token, tls_cert=args.tls_cert,
+    address = "" if args.no_grpc else args.address
+    overrides = dict(address=address, http=args.http, data_dir=args.data_dir, db=args.db, token=token, tls_cert=args.tls_cert,
                      tls_key=args.tls_key, workers=args.workers, max_message_mb=args.max_message_mb,
                      batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, device=args.device,
                      dtype=args.dtype, batching=False if args.no_batching else None,
@@ -294,7 +295,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not 20 <= args.images <= 100_000:
         raise InvalidInput(f"demo: --images must be 20..100000, got {args.images}")
     run_demo(args.data_dir, n_images=args.images, workers=args.workers, show=max(0, args.show),
-             progress=sys.stderr.isatty())
+             progress=sys.stderr.isatty(), web=args.web)
     return 0
 
 
@@ -359,8 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(p)
     p.set_defaults(func=cmd_jobs)
 
-    p = sub.add_parser("serve", help="run the gRPC search server (SIGTERM drains in-flight calls and exits)")
-    p.add_argument("--address", default=None, help="HOST:PORT to listen on (default 127.0.0.1:50051; port 0 picks one)")
+    p = sub.add_parser("serve", help="run the search server: gRPC, and with --http the page and JSON API "
+                       "(SIGTERM drains in-flight calls and exits)")
+    p.add_argument("--address", default=None, help="gRPC HOST:PORT (default 127.0.0.1:50051; port 0 picks one; "
+                   "'' = no gRPC)")
+    p.add_argument("--http", default=None, metavar="HOST:PORT",
+                   help="also serve the search page, the JSON API (/api/v1, docs at /docs) and /metrics here")
+    p.add_argument("--no-grpc", action="store_true", help="serve HTTP only (same as --address '')")
     p.add_argument("--data-dir", default=None, help="data directory (default $MMSEARCH_DATA or ./mmsearch-data)")
     p.add_argument("--db", default=None, help="catalog SQLAlchemy URL (default $MMSEARCH_DB or SQLite in the data dir)")
     p.add_argument("--config", help="TOML file with ServerConfig keys (flags given here win)")
@@ -436,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=2000, help="size of the synthetic collection (default 2000)")
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: cores - 1; 0: in-process)")
     p.add_argument("--show", type=int, default=5, help="results printed per query (default 5)")
+    p.add_argument("--web", nargs="?", const="127.0.0.1:8080", default=None, metavar="HOST:PORT",
+                   help="then keep the search page up on the demo collection (default 127.0.0.1:8080) until Ctrl-C")
     p.set_defaults(func=cmd_demo)
 
     return parser

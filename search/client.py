@@ -116,11 +116,12 @@ class SearchClient:
                vector: Sequence[float] | np.ndarray | None = None, item_id: int | None = None, top_k: int = 10,
                filter: str = "", rerank_model: str = "", rerank_depth: int = 0, rerank_text: str = "",
                caption_model: str = "", include_metadata: bool = False, include_caption: bool = False,
-               include_vector: bool = False, nprobe: int = 0, ef_search: int = 0,
+               include_vector: bool = False, nprobe: int = 0, ef_search: int = 0, offset: int = 0,
                min_score: float | None = None, min_rerank_probability: float | None = None,
                include_regions: bool = False, ask: str = "", ask_model: str = "",
                timeout: float | None = None) -> pb.SearchResponse:
-        request = pb.SearchRequest(collection=collection, top_k=top_k, filter=filter,
+        """One page of hits; the next page is `offset=response.next_offset` (0 in the response: no more)."""
+        request = pb.SearchRequest(collection=collection, top_k=top_k, filter=filter, offset=offset,
                                    rerank=pb.RerankOptions(model=rerank_model, depth=rerank_depth),
                                    rerank_text=rerank_text, caption_model=caption_model,
                                    include_metadata=include_metadata, include_caption=include_caption,

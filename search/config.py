@@ -26,7 +26,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 @dataclass
 class ServerConfig:
-    address: str = "127.0.0.1:50051"     # gRPC HOST:PORT (port 0 picks a free one)
+    address: str = "127.0.0.1:50051"     # gRPC HOST:PORT (port 0 picks a free one; "" = no gRPC)
+    http: str = ""                       # HTTP HOST:PORT for the page, the JSON API and /metrics ("" = none)
     data_dir: str | None = None          # None: $MMSEARCH_DATA or ./mmsearch-data
     db: str | None = None                # SQLAlchemy URL of the catalog (default: SQLite in data_dir)
     workers: int = 16                    # request threads
@@ -102,6 +103,9 @@ class ServerConfig:
             value = getattr(self, name)
             need(isinstance(value, list) and all(isinstance(v, str) and v for v in value),
                  f"{name} must be a list of non-empty strings")
+        for name in ("address", "http"):
+            need(isinstance(getattr(self, name), str), f"{name} must be a HOST:PORT string")
+        need(bool(self.address or self.http), "nothing to serve: give a gRPC address, an http address or both")
         need(bool(self.tls_cert) == bool(self.tls_key), "TLS needs both tls_cert and tls_key")
         need(1 <= self.workers <= 1024, f"workers must be 1..1024, got {self.workers}")
         need(0 < self.max_message_mb <= 2047, f"max_message_mb must be in (0, 2047], got {self.max_message_mb}")

@@ -48,19 +48,25 @@ def _rpc(method: Callable) -> Callable:
 
     def wrapper(self, request, context):
         deadline = call_deadline(context, self.service.config.default_deadline_s)
+        started, status = time.perf_counter(), None
         try:
             return method(self, request, context, deadline)
         except MMSearchError as exc:
             code = status_code(exc)
+            status = code.name
             if code == grpc.StatusCode.INTERNAL:
                 log.error("%s failed: %s", name, exc)
             context.abort(code, f"{name}: {exc.brief()}")
         except Exception as exc:  # a bug: log it, answer without internals, keep serving
             if isinstance(exc, grpc.RpcError) or context.code() is not None:
                 raise  # already aborted
+            status = "INTERNAL"
             log.exception("%s crashed", name)
             context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error ({type(exc).__name__}); "
                                                     f"the server log has the details")
+        finally:
+            if self.observe is not None:
+                self.observe("grpc", name, status, time.perf_counter() - started)
 
     wrapper.__name__ = name
     wrapper.__doc__ = method.__doc__
@@ -101,8 +107,10 @@ def _info(info: CollectionInfo) -> pb.CollectionInfo:
 # -- the servicer ------------------------------------------------------------------------------------------
 
 class SearchServicer(pb_grpc.SearchServiceServicer):
-    def __init__(self, service: Service):
-        self.service = service
+    """`observe(transport, method, status or None, seconds)` is called after every call (metrics)."""
+
+    def __init__(self, service: Service, observe: Callable | None = None):
+        self.service, self.observe = service, observe
 
     @_rpc
     def Search(self, request: pb.SearchRequest, context, deadline):
@@ -116,16 +124,17 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             top_k=request.top_k, filter=request.filter, rerank_model=request.rerank.model,
             rerank_depth=request.rerank.depth, rerank_text=request.rerank_text, caption_model=request.caption_model,
             include_metadata=request.include_metadata, include_caption=request.include_caption,
-            include_vector=request.include_vector, nprobe=request.nprobe, ef=request.ef_search,
+            include_vector=request.include_vector, nprobe=request.nprobe, ef=request.ef_search, offset=request.offset,
             min_score=request.min_score if request.HasField("min_score") else None,
             min_rerank_probability=(request.min_rerank_probability if request.HasField("min_rerank_probability")
                                     else None),
             include_regions=request.include_regions, ask=request.ask, ask_model=request.ask_model)
         result = self.service.search(query, deadline)
         response = pb.SearchResponse(filter_strategy=result.filter_strategy, candidates=result.candidates,
-                                     timing=pb.Timing(**result.timing))
+                                     timing=pb.Timing(**result.timing), next_offset=result.next_offset)
         for hit in result.hits:
-            out = response.hits.add(id=hit.id, uri=hit.uri, score=hit.score, width=hit.width, height=hit.height)
+            out = response.hits.add(id=hit.id, uri=hit.uri, score=hit.score, width=hit.width, height=hit.height,
+                                    sha256=hit.sha256)
             if hit.rerank_score is not None:
                 out.rerank_score = hit.rerank_score
             if hit.metadata is not None:
@@ -230,8 +239,9 @@ OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 class BearerTokenInterceptor(grpc.ServerInterceptor):
     """Every call outside health and reflection needs `authorization: Bearer <token>` metadata."""
 
-    def __init__(self, token: str):
+    def __init__(self, token: str, observe: Callable | None = None):
         self._check = TokenCheck(token)
+        self.observe = observe  # as SearchServicer's, for the calls refused here
 
     def intercept_service(self, continuation, details):
         if details.method.startswith(OPEN_METHOD_PREFIXES):
@@ -239,12 +249,13 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         try:
             self._check.check(dict(details.invocation_metadata or ()).get("authorization"))
         except Unauthenticated as exc:
-            return self._deny(continuation(details), str(exc))
+            return self._deny(continuation(details), str(exc), details.method.rsplit("/", 1)[-1])
         return continuation(details)
 
-    @staticmethod
-    def _deny(handler, message: str):
+    def _deny(self, handler, message: str, name: str):
         def abort(request, context):
+            if self.observe is not None:
+                self.observe("grpc", name, "UNAUTHENTICATED", 0.0)
             context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
         if handler is None:
@@ -258,8 +269,8 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(abort)
 
 
-def add_to_server(service: Service, grpc_server) -> SearchServicer:
-    servicer = SearchServicer(service)
+def add_to_server(service: Service, grpc_server, observe: Callable | None = None) -> SearchServicer:
+    servicer = SearchServicer(service, observe)
     pb_grpc.add_SearchServiceServicer_to_server(servicer, grpc_server)
     return servicer
 

@@ -32,8 +32,9 @@ log = logging.getLogger("mmsearch.models")
 class Models:
     def __init__(self, *, batching: bool = True, max_batch: int = 32, max_wait_ms: float = 2.0,
                  device: str = "cpu", dtype: str | None = None, allow: Sequence[str] | None = None,
-                 max_models: int = 8):
+                 max_models: int = 8, on_batch: Callable[[str, str, int, float], None] | None = None):
         self.batching, self.max_batch, self.max_wait_ms = batching, max_batch, max_wait_ms
+        self.on_batch = on_batch  # batching.BatchedEncoder's hook (metrics)
         self.device, self.dtype = device, dtype
         self.allow = None if allow is None else set(allow)
         self.max_models = max_models
@@ -93,7 +94,7 @@ class Models:
 
         def load(n):
             return BatchedEncoder(encoders.load(n, device=self.device, dtype=self.dtype), enabled=self.batching,
-                                  max_batch=self.max_batch, max_wait_ms=self.max_wait_ms)
+                                  max_batch=self.max_batch, max_wait_ms=self.max_wait_ms, on_batch=self.on_batch)
         return self._get("dual", name, load, trusted=trusted, pin=pin)
 
     def for_collection(self, handle) -> BatchedEncoder:

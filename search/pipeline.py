@@ -12,6 +12,10 @@ whenever at least k items match. Otherwise (an unselective filter) the ANN searc
 candidates are checked against the filter in SQL, fetching deeper until k survive; if even the deepest
 fetch comes back short, the search falls back to the full id restriction.
 
+Paging: `offset` skips that many hits of the ranked list; the first stage fetches offset + top_k + 1 (the
+extra one says whether `next_offset` is set), so pages of one query over an unchanged collection are slices
+of one list. `min_score` cuts first-stage hits below it before paging.
+
 Reranking follows BLIP / BLIP-2: ITM on the top `depth` first-stage candidates (default 128, at most 256,
 never fewer than top_k when top_k fits in that cap), final order by ITM probability, ties by first-stage
 score; both scores are returned. Candidates whose image cannot be read keep only their first-stage score
@@ -66,6 +70,7 @@ class Query:
     include_vector: bool = False
     nprobe: int = 0
     ef: int = 0
+    offset: int = 0                  # skip this many of the ranked hits (paging)
     min_score: float | None = None               # drop first-stage hits scoring below this
     min_rerank_probability: float | None = None  # drop reranked hits whose ITM P(match) is below this
     include_regions: bool = False                # GroupViT collections, text queries: where each hit matched
@@ -86,6 +91,7 @@ class Hit:
     height: int = 0
     region: Any = None  # search.regions.Region, with include_regions
     answer: str | None = None  # with ask
+    sha256: str = ""
 
 
 @dataclass
@@ -94,6 +100,7 @@ class SearchResult:
     timing: dict[str, float] = field(default_factory=dict)   # milliseconds per stage
     filter_strategy: str = "none"                            # "none" | "id_selector" | "post_filter"
     candidates: int = 0
+    next_offset: int = 0                                     # the next page's offset; 0: this page is the last
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -102,6 +109,15 @@ def check_top_k(top_k: int) -> int:
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= MAX_TOP_K:
         raise InvalidInput(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
     return int(top_k)
+
+
+def check_page(offset: int, top_k: int) -> int:
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+        raise InvalidInput(f"offset must be >= 0, got {offset}")
+    if offset + top_k > MAX_TOP_K:
+        raise InvalidInput(f"offset + top_k must be at most {MAX_TOP_K} (the deepest a search goes), "
+                           f"got {offset} + {top_k}")
+    return int(offset)
 
 
 def remaining(deadline: float | None, stage: str) -> float | None:
@@ -217,6 +233,8 @@ class Searcher:
         timing = dict.fromkeys(("encode_ms", "filter_ms", "ann_ms", "fetch_ms", "rerank_ms", "caption_ms",
                                 "regions_ms", "ask_ms"), 0.0)
         top_k = check_top_k(query.top_k)
+        offset = check_page(query.offset, top_k)
+        min_score = query.min_score
         for name, value in (("nprobe", query.nprobe), ("ef_search", query.ef)):
             if value < 0:
                 raise InvalidInput(f"{name} must be >= 0 (0 = index default), got {value}")
@@ -245,30 +263,41 @@ class Searcher:
         if reranker is not None and rerank_text is None:
             raise InvalidInput("reranking needs a text: set rerank_text when the query is an image, vector or item")
 
+        # The ranked list is the same for every page of a query: the reranked head (the first-stage top
+        # `depth`, which depends on top_k, not on offset) then the first-stage order. A page is a slice of it,
+        # so the first stage fetches offset + top_k (+ 1 to tell whether another page follows), and ITM runs
+        # only when the page overlaps the head.
         depth = 0
         if reranker is not None:
             depth = min(query.rerank_depth or self.default_depth, self.max_depth)
             depth = max(depth, min(top_k, self.max_depth))
-        k1 = min(max(top_k, depth) + (1 if query.item_id is not None else 0), MAX_TOP_K)
+        end = offset + top_k
+        k1 = max(end, depth) + 1 + (1 if query.item_id is not None else 0)
         remaining(deadline, "the index search")
         found, strategy = self._first_stage(handle, vector, k1, where_ast, query, timing, revision)
         if query.item_id is not None:
             found = [h for h in found if h.id != int(query.item_id)]
-        found = found[:max(top_k, depth)]
-        if query.min_score is not None:
-            found = [h for h in found if h.score >= query.min_score]
+        if min_score is not None:  # first-stage scores come sorted, so this cuts the list
+            found = [h for h in found if h.score >= min_score]
+        next_offset = end if len(found) > end else 0
+        found = found[:max(end, depth)]
+        rerank_head = reranker is not None and offset < depth
+        wanted = found if rerank_head else found[offset:end]
 
         t = time.perf_counter()
-        rows = handle.get([h.id for h in found], with_vectors=query.include_vector)
-        hits = [_hit(h, rows[h.id]) for h in found if h.id in rows]  # a row deleted meanwhile is skipped
+        rows = handle.get([h.id for h in wanted], with_vectors=query.include_vector)
+        hits = [_hit(h, rows[h.id]) for h in wanted if h.id in rows]  # a row deleted meanwhile is skipped
         timing["fetch_ms"] = _ms(t)
 
-        if reranker is not None and hits:
+        if rerank_head and hits:
             t = time.perf_counter()
             hits = self._rerank(reranker, rerank_text, hits, rows, depth, deadline)
             timing["rerank_ms"] = _ms(t)
             if query.min_rerank_probability is not None:
                 hits = [h for h in hits if h.rerank_score is not None and h.rerank_score >= query.min_rerank_probability]
+            hits = hits[offset:end]
+        elif query.min_rerank_probability is not None:
+            hits = []  # past the reranked head no hit has an ITM probability to pass the cut-off
         hits = hits[:top_k]
 
         for hit in hits:
@@ -298,7 +327,8 @@ class Searcher:
             self._caption(query.caption_model, [h for h in hits if not h.caption], rows, deadline)
             timing["caption_ms"] = _ms(t)
         timing["total_ms"] = _ms(t_start)
-        return SearchResult(hits=hits, timing=timing, filter_strategy=strategy, candidates=len(found))
+        return SearchResult(hits=hits, timing=timing, filter_strategy=strategy, candidates=len(found),
+                            next_offset=next_offset)
 
     # -- stages --
 
@@ -319,7 +349,8 @@ class Searcher:
             timing["ann_ms"] += _ms(t)
             return hits, "id_selector"
         # Unselective: at least selector_max_ids + 1 items match; over-fetch and check candidates in SQL.
-        fetch = min(MAX_TOP_K, max(4 * k, 64))
+        deepest = max(MAX_TOP_K, k)
+        fetch = min(deepest, max(4 * k, 64))
         while True:
             t = time.perf_counter()
             candidates = handle.search(vector, fetch, **opts)[0]
@@ -330,9 +361,9 @@ class Searcher:
             kept = [h for h in candidates if h.id in keep]
             if len(kept) >= k or len(candidates) < fetch:  # enough, or the whole index was seen
                 return kept[:k], "post_filter"
-            if fetch >= MAX_TOP_K:
+            if fetch >= deepest:
                 break
-            fetch = min(MAX_TOP_K, fetch * 4)
+            fetch = min(deepest, fetch * 4)
         t = time.perf_counter()
         hits = handle.search(vector, k, where=where, **opts)[0]  # rare: matches are many but far from the query
         timing["ann_ms"] += _ms(t)
@@ -418,7 +449,7 @@ def _check_thresholds(query: Query) -> None:
 
 def _hit(first_stage, row: ItemRow) -> Hit:
     return Hit(id=int(first_stage.id), uri=row.uri, score=float(first_stage.score), width=int(row.width or 0),
-               height=int(row.height or 0))
+               height=int(row.height or 0), sha256=row.sha256)
 
 
 def _ms(t0: float) -> float:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from indexer.files import normalize_roots, read_file
-from mmsearch.errors import InvalidInput, MMSearchError, NotFound
+from mmsearch.errors import Busy, InvalidInput, MMSearchError, NotFound
 from search.config import ServerConfig
 from search.limits import PixelBudget
 from search.pipeline import ASK_CHUNK, Query, SearchResult, Searcher, check_question, image_blob_path, remaining
@@ -99,13 +99,37 @@ class Service:
         self.searcher = Searcher(store, models, default_depth=config.rerank_default_depth,
                                  max_depth=config.rerank_max_depth, image_roots=None if local else config.image_roots,
                                  pixel_budget=self.pixel_budget, max_image_pixels=int(config.max_image_mp * 1e6))
+        self.on_search = None  # called with each SearchResult (metrics)
+        self._rerankers: list[str] | None = None
 
     # -- search and models --
 
     def search(self, query: Query, deadline: float) -> SearchResult:
         if not query.collection:
             raise InvalidInput("collection is required")
-        return self.searcher.search(query, deadline)
+        result = self.searcher.search(query, deadline)
+        if self.on_search is not None:
+            self.on_search(result)
+        return result
+
+    def rerankers(self) -> list[str]:
+        """The allowed models that are ITM rerankers (their config.json names a *ForImageTextRetrieval
+        architecture: BLIP, BLIP-2), for the page's rerank switch; read once, nothing is loaded."""
+        if self._rerankers is None:
+            import json
+
+            from encoders.checkpoint import resolve
+
+            found = []
+            for name in self.config.allow_models:
+                try:
+                    config = json.loads((resolve(name) / "config.json").read_text(encoding="utf-8"))
+                except (MMSearchError, OSError, ValueError):
+                    continue
+                if any(str(a).endswith("ForImageTextRetrieval") for a in config.get("architectures") or []):
+                    found.append(name)
+            self._rerankers = found
+        return self._rerankers
 
     def embed(self, *, collection: str = "", model: str = "", texts=(), images=(), deadline: float) -> Embedded:
         if bool(collection) == bool(model):
@@ -294,6 +318,34 @@ class Service:
             shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
             raise NotFound(f"item(s) {shown} not in collection {handle.name!r}")
         return [rows[i] for i in ids]
+
+    def thumbnail(self, collection: str, item_id: int, deadline: float) -> tuple[str | None, object]:
+        """(path of the item's thumbnail, its row). The file is found by the item's stored sha256
+        (DATA_DIR/thumbs, written at ingest); a missing one is made again from what the item was made from
+        (ItemImages), else the path is None (the page shows a placeholder)."""
+        from indexer.thumbnails import THUMB_SIZE, make_thumbnail, thumbnail_path, write_thumbnail
+
+        row = self.get(collection, [item_id])[0]
+        path = thumbnail_path(self.store.data_dir, row.sha256)
+        if os.path.exists(path):
+            return path, row
+        try:
+            data = self.searcher.images.data(row)
+            for chunk in self.searcher.decode([(0, data)], deadline, label=lambda _: f"item {row.id}",
+                                              draft_size=(THUMB_SIZE, THUMB_SIZE)):
+                return write_thumbnail(self.store.data_dir, row.sha256, make_thumbnail(chunk[0][1])), row
+        except Busy:
+            raise  # the pixel budget is spent for now: retry later
+        except (NotFound, InvalidInput) as exc:  # unreadable, changed or corrupt original
+            log.info("no thumbnail for item %d of %s: %s", row.id, collection, exc)
+            return None, row
+        raise AssertionError("unreachable: decode yields the image or raises")
+
+    def original(self, collection: str, item_id: int) -> tuple[bytes, object]:
+        """(the bytes the item was made from, its row): the kept copy of uploaded bytes, or its file under
+        image_roots while it still has the item's sha256; NotFound / InvalidInput saying why not."""
+        row = self.get(collection, [item_id])[0]
+        return self.searcher.images.data(row), row
 
     # -- collections --
 

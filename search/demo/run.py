@@ -5,7 +5,8 @@
 3. start the gRPC server (search.server) on a free loopback port,
 4. send the demo's text queries, and two query-by-example images the collection does not hold, through the
    Python client (search.client); print the top results with scores,
-5. score recall@10 against the ground truth, then stop the server.
+5. score recall@10 against the ground truth, then stop the server; with `web` (HOST:PORT) the server also
+   serves the search page there and stays up, printing the page's URL, until Ctrl-C / SIGTERM.
 
 recall@10 of a query = |relevant ∩ top 10| / min(10, |relevant|), where an image is relevant when its
 label has every attribute the query names (shapes.Query.relevant); the means are over queries.
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlencode
 
 from . import shapes
 
@@ -59,6 +62,16 @@ def example_query(index: int) -> tuple[bytes, shapes.Query]:
     return data, shapes.Query(text, "colour+shape", label.shape, label.colour)
 
 
+def build_collection(data_dir: str | os.PathLike, n_images: int, *, workers: int | None = 0,
+                     model_dir: str | os.PathLike = MODEL_DIR, say=lambda message: None) -> Path:
+    """The demo collection without the rest of the demo (tests, bench/web.py): write `n_images` photos under
+    DATA_DIR/demo-photos and index them into collection COLLECTION; returns the manifest (ground truth)."""
+    data_dir = Path(data_dir).absolute()
+    manifest = shapes.write_collection(data_dir / PHOTOS, n_images)
+    _index(data_dir, manifest, n_images, Path(model_dir).absolute(), workers=workers, progress=False, say=say)
+    return manifest
+
+
 def _index(data_dir: Path, manifest: Path, n_images: int, model_dir: Path, *, workers: int | None, progress: bool, say) -> None:
     import encoders
     from mmsearch.errors import Conflict
@@ -88,11 +101,13 @@ def _index(data_dir: Path, manifest: Path, n_images: int, model_dir: Path, *, wo
 
 def run_demo(data_dir: str | os.PathLike, *, n_images: int = 2000, k: int = 10, show: int = 5,
              workers: int | None = None, progress: bool = True, model_dir: str | os.PathLike = MODEL_DIR,
-             out=print) -> DemoResult:
+             out=print, web: str | None = None, on_page=None) -> DemoResult:
+    """`web`: HOST:PORT for the search page, kept up after the queries until SIGTERM / SIGINT, or until
+    `on_page(url)` returns when it is given (tests)."""
     from search.client import SearchClient
     from search.config import ServerConfig
     from search.grpc_api import struct_to_dict
-    from search.server import start
+    from search.server import page_url, start
 
     data_dir = Path(data_dir).absolute()
     model_dir = Path(model_dir).absolute()
@@ -113,10 +128,11 @@ def run_demo(data_dir: str | os.PathLike, *, n_images: int = 2000, k: int = 10, 
     _index(data_dir, manifest, n_images, model_dir, workers=workers, progress=progress, say=lambda m: out("      " + m))
     t = lap("index", t)
 
-    server = start(ServerConfig(address="127.0.0.1:0", data_dir=str(data_dir), preload=[str(model_dir)],
-                                drain_seconds=5.0))
+    server = start(ServerConfig(address="127.0.0.1:0", http=web or "", data_dir=str(data_dir),
+                                preload=[str(model_dir)], image_roots=[str(data_dir / PHOTOS)], drain_seconds=5.0))
     try:
-        out(f"[3/5] gRPC server listening on 127.0.0.1:{server.port}")
+        out(f"[3/5] gRPC server listening on 127.0.0.1:{server.port}"
+            + (f"; the search page on {page_url(web, server.http_port)}" if web else ""))
         t = lap("server_start", t)
         out(f"[4/5] querying through the Python client (top {k}; showing {show}; ✓ = matches the query)")
         with SearchClient(f"127.0.0.1:{server.port}", timeout=30) as client:
@@ -142,12 +158,28 @@ def run_demo(data_dir: str | os.PathLike, *, n_images: int = 2000, k: int = 10, 
                     desc = label.describe() if label else f"unknown ({struct_to_dict(response.hits[rank - 1].metadata)})"
                     out(f"      {rank:2d}. {score:+.4f}  {mark} {name}  {desc}")
         t = lap("queries", t)
+        if not web:
+            server.stop(grace=5.0, health_grace=0)
+            out("[5/5] server stopped")
+            lap("server_stop", t)
+        result.timings["total"] = round(time.perf_counter() - t_start, 2)
+        _summary(result, k, out)
+        if web:
+            url = page_url(web, server.http_port) + "?" + urlencode({"collection": COLLECTION,
+                                                                     "q": shapes.QUERIES[0].text})
+            out(f"\n[5/5] the search page: {url}\n      try a colour and a shape in any words, drop an image, "
+                f"or 'More like this'; Ctrl-C stops the server")
+            sys.stdout.flush()
+            if on_page is not None:
+                on_page(url)
+            else:
+                _serve_until_signal()
     finally:
-        server.stop(grace=5.0, health_grace=0)
-    out(f"[5/5] server stopped")
-    lap("server_stop", t)
-    result.timings["total"] = round(time.perf_counter() - t_start, 2)
+        server.stop(grace=5.0, health_grace=0)  # no-op when already stopped
+    return result
 
+
+def _summary(result: DemoResult, k: int, out) -> None:
     by_kind = defaultdict(list)
     for q in result.queries:
         by_kind["image example" if q.text.startswith("image:") else q.kind].append(q)
@@ -156,7 +188,19 @@ def run_demo(data_dir: str | os.PathLike, *, n_images: int = 2000, k: int = 10, 
         out(f"  {kind:14s} {sum(q.recall for q in rows) / len(rows):.3f}  ({len(rows)} queries)")
     out(f"  {'all':14s} {result.mean():.3f}  ({len(result.queries)} queries)")
     out("time: " + ", ".join(f"{name} {secs:.1f}s" for name, secs in result.timings.items()))
-    return result
+
+
+def _serve_until_signal() -> None:
+    import signal
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m search.demo.run")
     parser.add_argument("--data-dir", default="./mmsearch-data")
     parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--web", nargs="?", const="127.0.0.1:8080", metavar="HOST:PORT")
     args = parser.parse_args(argv)
-    run_demo(args.data_dir, n_images=args.images, progress=sys.stderr.isatty())
+    run_demo(args.data_dir, n_images=args.images, progress=sys.stderr.isatty(), web=args.web)
     return 0
 
 

@@ -22,7 +22,7 @@ class RerankOptions(_message.Message):
     def __init__(self, model: _Optional[str] = ..., depth: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "image", "vector", "item_id", "top_k", "filter", "rerank", "include_metadata", "include_caption", "include_vector", "nprobe", "ef_search", "rerank_text", "caption_model", "min_score", "min_rerank_probability", "include_regions", "ask", "ask_model")
+    __slots__ = ("collection", "text", "image", "vector", "item_id", "top_k", "filter", "rerank", "include_metadata", "include_caption", "include_vector", "nprobe", "ef_search", "rerank_text", "caption_model", "min_score", "min_rerank_probability", "include_regions", "ask", "ask_model", "offset")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class SearchRequest(_message.Message):
     INCLUDE_REGIONS_FIELD_NUMBER: _ClassVar[int]
     ASK_FIELD_NUMBER: _ClassVar[int]
     ASK_MODEL_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     image: bytes
@@ -63,7 +64,8 @@ class SearchRequest(_message.Message):
     include_regions: bool
     ask: str
     ask_model: str
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[str] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., include_metadata: _Optional[bool] = ..., include_caption: _Optional[bool] = ..., include_vector: _Optional[bool] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., rerank_text: _Optional[str] = ..., caption_model: _Optional[str] = ..., min_score: _Optional[float] = ..., min_rerank_probability: _Optional[float] = ..., include_regions: _Optional[bool] = ..., ask: _Optional[str] = ..., ask_model: _Optional[str] = ...) -> None: ...
+    offset: int
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[str] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., include_metadata: _Optional[bool] = ..., include_caption: _Optional[bool] = ..., include_vector: _Optional[bool] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., rerank_text: _Optional[str] = ..., caption_model: _Optional[str] = ..., min_score: _Optional[float] = ..., min_rerank_probability: _Optional[float] = ..., include_regions: _Optional[bool] = ..., ask: _Optional[str] = ..., ask_model: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class Region(_message.Message):
     __slots__ = ("mask_png", "view_left", "view_top", "view_right", "view_bottom", "x0", "y0", "x1", "y1", "score", "coverage")
@@ -92,7 +94,7 @@ class Region(_message.Message):
     def __init__(self, mask_png: _Optional[bytes] = ..., view_left: _Optional[float] = ..., view_top: _Optional[float] = ..., view_right: _Optional[float] = ..., view_bottom: _Optional[float] = ..., x0: _Optional[int] = ..., y0: _Optional[int] = ..., x1: _Optional[int] = ..., y1: _Optional[int] = ..., score: _Optional[float] = ..., coverage: _Optional[float] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "uri", "score", "rerank_score", "metadata", "caption", "vector", "width", "height", "region", "answer")
+    __slots__ = ("id", "uri", "score", "rerank_score", "metadata", "caption", "vector", "width", "height", "region", "answer", "sha256")
     ID_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +106,7 @@ class Hit(_message.Message):
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
     id: int
     uri: str
     score: float
@@ -115,7 +118,8 @@ class Hit(_message.Message):
     height: int
     region: Region
     answer: str
-    def __init__(self, id: _Optional[int] = ..., uri: _Optional[str] = ..., score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., caption: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., region: _Optional[_Union[Region, _Mapping]] = ..., answer: _Optional[str] = ...) -> None: ...
+    sha256: str
+    def __init__(self, id: _Optional[int] = ..., uri: _Optional[str] = ..., score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., caption: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., region: _Optional[_Union[Region, _Mapping]] = ..., answer: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("encode_ms", "filter_ms", "ann_ms", "fetch_ms", "rerank_ms", "total_ms", "caption_ms", "regions_ms", "ask_ms")
@@ -140,16 +144,18 @@ class Timing(_message.Message):
     def __init__(self, encode_ms: _Optional[float] = ..., filter_ms: _Optional[float] = ..., ann_ms: _Optional[float] = ..., fetch_ms: _Optional[float] = ..., rerank_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., caption_ms: _Optional[float] = ..., regions_ms: _Optional[float] = ..., ask_ms: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "timing", "filter_strategy", "candidates")
+    __slots__ = ("hits", "timing", "filter_strategy", "candidates", "next_offset")
     HITS_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     FILTER_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     timing: Timing
     filter_strategy: str
     candidates: int
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., filter_strategy: _Optional[str] = ..., candidates: _Optional[int] = ...) -> None: ...
+    next_offset: int
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., filter_strategy: _Optional[str] = ..., candidates: _Optional[int] = ..., next_offset: _Optional[int] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("collection", "model", "texts", "images")
