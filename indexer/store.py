@@ -69,17 +69,26 @@ class UpsertRow:
 class Store:
     """An open data dir. Thread-safe; one per process is enough."""
 
-    def __init__(self, data_dir: str | os.PathLike | None = None, db: str | None = None):
+    def __init__(self, data_dir: str | os.PathLike | None = None, db: str | None = None, *,
+                 shard: tuple[int, int] | None = None, media_dir: str | os.PathLike | None = None):
+        """`shard` = (i, n): the indices hold only the items with id % n == i (this server is shard i of n;
+        the catalog, shared by all shards, holds everything). `media_dir`: where the copies of uploaded
+        images and the thumbnails live (default: the data dir; servers sharing a catalog share it too)."""
+        if shard is not None and not (isinstance(shard, tuple) and len(shard) == 2 and 0 <= shard[0] < shard[1]):
+            raise InvalidInput(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+        self.shard = shard
         self.data_dir = os.path.abspath(os.fspath(data_dir or default_data_dir()))
         os.makedirs(self.data_dir, exist_ok=True)
+        self.media_dir = os.path.abspath(os.fspath(media_dir)) if media_dir else self.data_dir
         self.catalog = Catalog(database_url(self.data_dir, db))
         self._handles: dict[str, CollectionHandle] = {}
         self._encoders: dict[tuple[str, str], object] = {}
         self._lock = threading.RLock()
 
     @classmethod
-    def open(cls, data_dir: str | os.PathLike | None = None, db: str | None = None) -> "Store":
-        return cls(data_dir, db)
+    def open(cls, data_dir: str | os.PathLike | None = None, db: str | None = None, *,
+             shard: tuple[int, int] | None = None, media_dir: str | os.PathLike | None = None) -> "Store":
+        return cls(data_dir, db, shard=shard, media_dir=media_dir)
 
     def close(self) -> None:
         """Persist indices that moved past their file, then release the database."""
@@ -362,6 +371,8 @@ class CollectionHandle:
             reason = f"is older than the last tombstone purge ({index.watermark} < {purged})"
         elif not self._spec_fits(index.spec):
             reason = f"uses {index.spec}, collection wants {self.row.index_spec}"
+        elif meta.get("shard") != (list(self.store.shard) if self.store.shard else None):
+            reason = f"holds shard {meta.get('shard')}, this store is shard {self.store.shard}"
         if reason:
             log.warning("index %s %s; rebuilding", path, reason)
             return self._build(rev, save=True)
@@ -375,14 +386,23 @@ class CollectionHandle:
             return True  # retuned by maybe_retrain
         return want.kind == spec.kind and (want.param is None or want.param == spec.param)
 
+    def _mine(self, ids: np.ndarray) -> np.ndarray:
+        """Which of `ids` this store's indices hold (all, unless it is one shard of several)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.store.shard is None:
+            return np.ones(len(ids), dtype=bool)
+        i, n = self.store.shard
+        return ids % n == i
+
     def _catch_up(self, index: VectorIndex, rev: int) -> int:
         """Apply catalog rows with rev > index.watermark; returns how many rows were applied."""
         applied = 0
         for ids, dead, vecs, _dim in self.catalog.changes_since(self.id, index.watermark):
             if dead.any():
                 index.remove(ids[dead])
-            if (~dead).any():
-                index.add(ids[~dead], vecs[~dead])
+            live = ~dead & self._mine(ids)
+            if live.any():
+                index.add(ids[live], vecs[live])
             applied += len(ids)
         index.watermark = rev
         return applied
@@ -393,7 +413,8 @@ class CollectionHandle:
         with self._lock:
             index = self._index
             if index is not None and index.watermark == rev - 1:
-                index.add(ids, vectors)
+                mine = self._mine(ids)
+                index.add(ids[mine], vectors[mine])
                 index.watermark = rev
             else:
                 self.refresh()
@@ -412,7 +433,8 @@ class CollectionHandle:
                 spec = IndexSpec("ivf", min(spec.param, len(training)))
         index = VectorIndex.empty(spec, self.dim, training, n_hint=n)
         for ids, _dead, vecs, _dim in self.catalog.all_live(self.id):
-            index.add(ids, vecs)
+            mine = self._mine(ids)
+            index.add(ids[mine], vecs[mine])
         index.watermark = rev
         log.info("built %s index for %s: %d items in %.1fs", spec, self.name, index.ntotal, time.perf_counter() - t0)
         if save:
@@ -470,7 +492,8 @@ class CollectionHandle:
         self._saved_watermark = index.watermark
         index.save(self.store.index_path(self.name),
                    {"collection_id": self.id, "collection_uid": self.row.uid, "collection": self.name,
-                    "encoder_digest": self.row.encoder_digest, "encoder_name": self.row.encoder_name})
+                    "encoder_digest": self.row.encoder_digest, "encoder_name": self.row.encoder_name,
+                    "shard": list(self.store.shard) if self.store.shard else None})
 
 
 def _remove_stale_temp_files(path: str, age_s: float = 3600.0) -> None:

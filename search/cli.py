@@ -163,7 +163,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      dtype=args.dtype, batching=False if args.no_batching else None,
                      default_deadline_s=args.default_deadline, health_grace_s=args.health_grace,
                      allow_models=args.allow_model or None, preload=args.preload or None,
-                     image_roots=args.image_root or None)
+                     image_roots=args.image_root or None, shard=args.shard, media_dir=args.media_dir,
+                     shards=[a for a in (args.shards or "").split(",") if a] or None)
     if args.config:
         config = ServerConfig.from_file(args.config, **overrides)
     else:
@@ -385,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a dual encoder to load at start (also allowed); repeatable")
     p.add_argument("--image-root", action="append", default=[], metavar="DIR",
                    help="a folder whose files the server may read (Upsert by path, rerank/captions); repeatable")
+    p.add_argument("--media-dir", metavar="DIR", help="copies of uploads and thumbnails (default: the data dir); "
+                   "replicas and shards of one catalog share one")
+    p.add_argument("--shard", metavar="I/N", help="serve shard I of N: the indices hold items with id %% N == I")
+    p.add_argument("--shards", metavar="ADDR,ADDR,...",
+                   help="gRPC addresses of all N shards in order; a Search sent here fans out over them")
     p.add_argument("--default-deadline", type=float, default=None, metavar="S",
                    help="deadline for calls that carry none (default 120 s)")
     p.add_argument("--health-grace", type=float, default=None, metavar="S",

@@ -118,15 +118,16 @@ class SearchClient:
                caption_model: str = "", include_metadata: bool = False, include_caption: bool = False,
                include_vector: bool = False, nprobe: int = 0, ef_search: int = 0, offset: int = 0,
                min_score: float | None = None, min_rerank_probability: float | None = None,
-               include_regions: bool = False, ask: str = "", ask_model: str = "",
-               timeout: float | None = None) -> pb.SearchResponse:
+               include_regions: bool = False, ask: str = "", ask_model: str = "", local_only: bool = False,
+               allow_partial: bool = False, timeout: float | None = None) -> pb.SearchResponse:
         """One page of hits; the next page is `offset=response.next_offset` (0 in the response: no more)."""
         request = pb.SearchRequest(collection=collection, top_k=top_k, filter=filter, offset=offset,
                                    rerank=pb.RerankOptions(model=rerank_model, depth=rerank_depth),
                                    rerank_text=rerank_text, caption_model=caption_model,
                                    include_metadata=include_metadata, include_caption=include_caption,
                                    include_vector=include_vector, nprobe=nprobe, ef_search=ef_search,
-                                   include_regions=include_regions, ask=ask, ask_model=ask_model)
+                                   include_regions=include_regions, ask=ask, ask_model=ask_model,
+                                   local_only=local_only, allow_partial=allow_partial)
         if min_score is not None:
             request.min_score = min_score
         if min_rerank_probability is not None:

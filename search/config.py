@@ -55,11 +55,17 @@ class ServerConfig:
     # Folders whose files the server may read: Upsert by path, and the pixels of items made from files
     # there (rerank, captions). Items uploaded as bytes are read back from the server's own copy.
     image_roots: list[str] = field(default_factory=list)
+    media_dir: str | None = None         # copies of uploads + thumbnails (default data_dir); share it between
+                                         # replicas / shards of one catalog (e.g. a network folder)
     keep_images: bool = True             # keep Upsert image bytes under DATA_DIR/images for rerank / captions
     # Decoded pixels: one image at most max_image_mp megapixels; all requests together hold at most
     # pixel_budget_mp decoded at once (a request waits for room until its deadline, then RESOURCE_EXHAUSTED).
     max_image_mp: float = 100.0
     pixel_budget_mp: float = 400.0
+    # Shards: this server's share "I/N" (its indices hold the items with id % N == I), and the gRPC
+    # addresses of all N shards in shard order; a Search sent to any of them fans out over all.
+    shard: str | None = None
+    shards: list[str] = field(default_factory=list)
 
     @classmethod
     def from_file(cls, path: str, **overrides) -> "ServerConfig":
@@ -99,7 +105,7 @@ class ServerConfig:
             value = getattr(self, name)
             need(isinstance(value, (int, float)) and not isinstance(value, bool) and value == value,
                  f"{name} must be a number, got {value!r}")
-        for name in ("allow_models", "preload", "image_roots"):
+        for name in ("allow_models", "preload", "image_roots", "shards"):
             value = getattr(self, name)
             need(isinstance(value, list) and all(isinstance(v, str) and v for v in value),
                  f"{name} must be a list of non-empty strings")
@@ -119,6 +125,12 @@ class ServerConfig:
         need(1 <= self.rerank_default_depth <= self.rerank_max_depth,
              "rerank_default_depth must be 1..rerank_max_depth")
         need(self.dtype in (None, *DTYPES), f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        from search.shards import parse_shard
+
+        shard = parse_shard(self.shard)
+        if shard is not None and self.shards:
+            need(len(self.shards) == shard[1], f"shard {self.shard}: shards lists {len(self.shards)} addresses, "
+                                               f"not {shard[1]}")
         for root in self.image_roots:
             need(os.path.isdir(root), f"image_roots: {root} is not a folder")
 

@@ -128,10 +128,12 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             min_score=request.min_score if request.HasField("min_score") else None,
             min_rerank_probability=(request.min_rerank_probability if request.HasField("min_rerank_probability")
                                     else None),
-            include_regions=request.include_regions, ask=request.ask, ask_model=request.ask_model)
+            include_regions=request.include_regions, ask=request.ask, ask_model=request.ask_model,
+            local_only=request.local_only, allow_partial=request.allow_partial)
         result = self.service.search(query, deadline)
         response = pb.SearchResponse(filter_strategy=result.filter_strategy, candidates=result.candidates,
-                                     timing=pb.Timing(**result.timing), next_offset=result.next_offset)
+                                     timing=pb.Timing(**result.timing), next_offset=result.next_offset,
+                                     missing_shards=result.missing_shards)
         for hit in result.hits:
             out = response.hits.add(id=hit.id, uri=hit.uri, score=hit.score, width=hit.width, height=hit.height,
                                     sha256=hit.sha256)

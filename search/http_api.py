@@ -529,7 +529,7 @@ def build_app(service: Service, metrics: Metrics, executor, ready: Ready) -> Fas
         public = tokens is None
         if authorize_media(request, "thumbnail", collection, item_id, v, sig):
             # a URL the server made names the content: read the file on the loop, no catalog, no thread hop
-            path = thumbnail_path(service.store.data_dir, v)
+            path = thumbnail_path(service.store.media_dir, v)
             if os.path.exists(path):
                 return _thumbnail(request, read_file(path, max_bytes=16 << 20), True, public)
         path, row = await run(service.thumbnail, collection, item_id, deadline(request))

@@ -76,6 +76,8 @@ class Query:
     include_regions: bool = False                # GroupViT collections, text queries: where each hit matched
     ask: str = ""                                # a question answered about each hit by ask_model
     ask_model: str = ""
+    local_only: bool = False                     # a shard's own share only (what a fan-out asks each shard)
+    allow_partial: bool = False                  # fan-out: leave out shards that do not answer
 
 
 @dataclass
@@ -101,6 +103,7 @@ class SearchResult:
     filter_strategy: str = "none"                            # "none" | "id_selector" | "post_filter"
     candidates: int = 0
     next_offset: int = 0                                     # the next page's offset; 0: this page is the last
+    missing_shards: list[int] = field(default_factory=list)  # fan-out with allow_partial: shards left out
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -178,10 +181,11 @@ class Searcher:
                  image_roots: list[str] | None = None, pixel_budget: PixelBudget | None = None,
                  max_image_pixels: int | None = 100_000_000):
         self.store, self.models = store, models
-        self.images = ItemImages(store.data_dir, image_roots)
+        self.images = ItemImages(store.media_dir, image_roots)
         self.default_depth, self.max_depth = default_depth, max_depth
         self.selector_max_ids = selector_max_ids
         self.pixel_budget, self.max_image_pixels = pixel_budget, max_image_pixels
+        self.fanout = None  # search.shards.ShardFanout, on a server of a shard set
 
     def decode(self, blobs, deadline, *, label=lambda i: f"images[{i}]", draft_size=None, on_error=None,
                chunk_count: int = RERANK_CHUNK):
@@ -274,7 +278,15 @@ class Searcher:
         end = offset + top_k
         k1 = max(end, depth) + 1 + (1 if query.item_id is not None else 0)
         remaining(deadline, "the index search")
-        found, strategy = self._first_stage(handle, vector, k1, where_ast, query, timing, revision)
+        missing: list[int] = []
+        if self.fanout is not None and not query.local_only:
+            t = time.perf_counter()
+            found, strategy, missing = self.fanout.first_stage(
+                handle.name, vector, k1, query, deadline,
+                local=lambda: self._first_stage(handle, vector, k1, where_ast, query, timing, revision))
+            timing["ann_ms"] = _ms(t)
+        else:
+            found, strategy = self._first_stage(handle, vector, k1, where_ast, query, timing, revision)
         if query.item_id is not None:
             found = [h for h in found if h.id != int(query.item_id)]
         if min_score is not None:  # first-stage scores come sorted, so this cuts the list
@@ -328,6 +340,7 @@ class Searcher:
             timing["caption_ms"] = _ms(t)
         timing["total_ms"] = _ms(t_start)
         return SearchResult(hits=hits, timing=timing, filter_strategy=strategy, candidates=len(found),
+                            missing_shards=missing,
                             next_offset=next_offset)
 
     # -- stages --

@@ -83,6 +83,8 @@ class Server:
             for executor in (self.executor, self.http_executor):
                 if executor is not None:
                     executor.shutdown(wait=False, cancel_futures=True)
+            if self.service.searcher.fanout is not None:
+                self.service.searcher.fanout.close()
             self.models.close()
             self.store.close()
             self._stopped.set()
@@ -106,7 +108,10 @@ def start(config: ServerConfig, *, store=None, models: Models | None = None) -> 
 
     config.check()
     metrics = Metrics()
-    store = store or Store.open(config.data_dir, config.db)
+    from search.shards import parse_shard
+
+    store = store or Store.open(config.data_dir, config.db, shard=parse_shard(config.shard),
+                                media_dir=config.media_dir)
     models = models or build_models(config, on_batch=metrics.observe_batch)
     for name in config.preload:
         models.dual(name, trusted=True, pin=True)

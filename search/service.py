@@ -99,6 +99,12 @@ class Service:
         self.searcher = Searcher(store, models, default_depth=config.rerank_default_depth,
                                  max_depth=config.rerank_max_depth, image_roots=None if local else config.image_roots,
                                  pixel_budget=self.pixel_budget, max_image_pixels=int(config.max_image_mp * 1e6))
+        if config.shards:
+            from search.shards import ShardFanout, parse_shard
+
+            own = parse_shard(config.shard)
+            self.searcher.fanout = ShardFanout(config.shards, None if own is None else own[0], token=config.token,
+                                               max_message_mb=config.max_message_mb)
         self.on_search = None  # called with each SearchResult (metrics)
         self._rerankers: list[str] | None = None
 
@@ -295,7 +301,7 @@ class Service:
         return read_file(path, max_bytes=self.config.max_message_bytes, roots=self.roots), os.path.normpath(path)
 
     def _keep_image(self, sha: str, data: bytes) -> None:
-        path = image_blob_path(self.store.data_dir, sha)
+        path = image_blob_path(self.store.media_dir, sha)
         if os.path.exists(path):
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -326,14 +332,14 @@ class Service:
         from indexer.thumbnails import THUMB_SIZE, make_thumbnail, thumbnail_path, write_thumbnail
 
         row = self.get(collection, [item_id])[0]
-        path = thumbnail_path(self.store.data_dir, row.sha256)
+        path = thumbnail_path(self.store.media_dir, row.sha256)
         if os.path.exists(path):
             return path, row
         try:
             data = self.searcher.images.data(row)
             for chunk in self.searcher.decode([(0, data)], deadline, label=lambda _: f"item {row.id}",
                                               draft_size=(THUMB_SIZE, THUMB_SIZE)):
-                return write_thumbnail(self.store.data_dir, row.sha256, make_thumbnail(chunk[0][1])), row
+                return write_thumbnail(self.store.media_dir, row.sha256, make_thumbnail(chunk[0][1])), row
         except Busy:
             raise  # the pixel budget is spent for now: retry later
         except (NotFound, InvalidInput) as exc:  # unreadable, changed or corrupt original

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def start_replica(tmp_path: Path, name: str, db: str, model: Path) -> tuple[subprocess.Popen, int, Path]:
     log = tmp_path / f"{name}.log"
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "serve", "--address", "127.0.0.1:0", "--db", db,
-                             "--data-dir", str(tmp_path / name), "--allow-model", str(model), "--health-grace", "0",
+                             "--data-dir", str(tmp_path / name), "--media-dir", str(tmp_path / "media"),
+                             "--allow-model", str(model), "--health-grace", "0",
                              "--workers", "8"],
                             stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, cwd=ROOT,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))

@@ -22,7 +22,7 @@ class RerankOptions(_message.Message):
     def __init__(self, model: _Optional[str] = ..., depth: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "image", "vector", "item_id", "top_k", "filter", "rerank", "include_metadata", "include_caption", "include_vector", "nprobe", "ef_search", "rerank_text", "caption_model", "min_score", "min_rerank_probability", "include_regions", "ask", "ask_model", "offset")
+    __slots__ = ("collection", "text", "image", "vector", "item_id", "top_k", "filter", "rerank", "include_metadata", "include_caption", "include_vector", "nprobe", "ef_search", "rerank_text", "caption_model", "min_score", "min_rerank_probability", "include_regions", "ask", "ask_model", "offset", "local_only", "allow_partial")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,8 @@ class SearchRequest(_message.Message):
     ASK_FIELD_NUMBER: _ClassVar[int]
     ASK_MODEL_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_ONLY_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     image: bytes
@@ -65,7 +67,9 @@ class SearchRequest(_message.Message):
     ask: str
     ask_model: str
     offset: int
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[str] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., include_metadata: _Optional[bool] = ..., include_caption: _Optional[bool] = ..., include_vector: _Optional[bool] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., rerank_text: _Optional[str] = ..., caption_model: _Optional[str] = ..., min_score: _Optional[float] = ..., min_rerank_probability: _Optional[float] = ..., include_regions: _Optional[bool] = ..., ask: _Optional[str] = ..., ask_model: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+    local_only: bool
+    allow_partial: bool
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[str] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., include_metadata: _Optional[bool] = ..., include_caption: _Optional[bool] = ..., include_vector: _Optional[bool] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., rerank_text: _Optional[str] = ..., caption_model: _Optional[str] = ..., min_score: _Optional[float] = ..., min_rerank_probability: _Optional[float] = ..., include_regions: _Optional[bool] = ..., ask: _Optional[str] = ..., ask_model: _Optional[str] = ..., offset: _Optional[int] = ..., local_only: _Optional[bool] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
 
 class Region(_message.Message):
     __slots__ = ("mask_png", "view_left", "view_top", "view_right", "view_bottom", "x0", "y0", "x1", "y1", "score", "coverage")
@@ -144,18 +148,20 @@ class Timing(_message.Message):
     def __init__(self, encode_ms: _Optional[float] = ..., filter_ms: _Optional[float] = ..., ann_ms: _Optional[float] = ..., fetch_ms: _Optional[float] = ..., rerank_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., caption_ms: _Optional[float] = ..., regions_ms: _Optional[float] = ..., ask_ms: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "timing", "filter_strategy", "candidates", "next_offset")
+    __slots__ = ("hits", "timing", "filter_strategy", "candidates", "next_offset", "missing_shards")
     HITS_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     FILTER_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     timing: Timing
     filter_strategy: str
     candidates: int
     next_offset: int
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., filter_strategy: _Optional[str] = ..., candidates: _Optional[int] = ..., next_offset: _Optional[int] = ...) -> None: ...
+    missing_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., filter_strategy: _Optional[str] = ..., candidates: _Optional[int] = ..., next_offset: _Optional[int] = ..., missing_shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("collection", "model", "texts", "images")
