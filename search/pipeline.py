@@ -292,6 +292,11 @@ class Searcher:
         if min_score is not None:  # first-stage scores come sorted, so this cuts the list
             found = [h for h in found if h.score >= min_score]
         next_offset = end if len(found) > end else 0
+        if query.local_only:  # a shard answering a fan-out: ids and scores are all the coordinator needs
+            timing["total_ms"] = _ms(t_start)
+            return SearchResult(hits=[Hit(id=int(h.id), uri="", score=float(h.score)) for h in found[offset:end]],
+                                timing=timing, filter_strategy=strategy, candidates=len(found),
+                                next_offset=next_offset)
         found = found[:max(end, depth)]
         rerank_head = reranker is not None and offset < depth
         wanted = found if rerank_head else found[offset:end]
