@@ -18,6 +18,8 @@ import contextlib
 import datetime as dt
 import os
 import socket
+import stat
+import struct
 import uuid
 from dataclasses import dataclass
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,7 +29,7 @@ from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, 
                         Text, bindparam, create_engine, event, false, func, null, select, text, true, update)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from mmsearch.errors import CatalogError, Conflict, InvalidInput, NotFound
@@ -233,44 +235,71 @@ class Catalog:
         except ArgumentError as exc:
             raise CatalogError(f"catalog URL {url!r} is not a valid SQLAlchemy URL") from exc
         self.url = url
+        self.where = parsed.render_as_string(hide_password=True)
         self.dialect = parsed.get_backend_name()
         kwargs: dict = {}
+        sqlite_file = None
         if self.dialect == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+            if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+                sqlite_file = os.path.abspath(parsed.database)
+                os.makedirs(os.path.dirname(sqlite_file), exist_ok=True)
             kwargs["connect_args"] = {"timeout": 60}
         else:
             kwargs["pool_pre_ping"] = True
+        if sqlite_file is not None:
+            if not check_sqlite_file(sqlite_file):
+                if not create:
+                    raise CatalogError(f"{self.where} does not exist")
+                _create_sqlite_file(sqlite_file)
         try:
             self.engine: Engine = create_engine(url, **kwargs)
         except (ArgumentError, ImportError, SQLAlchemyError) as exc:
-            raise CatalogError(f"cannot use catalog {parsed.render_as_string(hide_password=True)}: {exc}") from exc
+            raise CatalogError(f"cannot use catalog {self.where}: {exc}") from exc
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._reads = DriverReads(self.engine)
-        self._check_schema(create)
+        try:
+            self._check_schema(create)
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     def _check_schema(self, create: bool) -> None:
-        where = make_url(self.url).render_as_string(hide_password=True)
-        try:
+        where = self.where
+        with self.translate_errors("cannot open catalog"):
             with self.engine.begin() as conn:
                 has_meta = self.engine.dialect.has_table(conn, MetaEntry.__tablename__)
                 if not has_meta:
                     if not create:
                         raise CatalogError(f"{where} is not an mmsearch catalog")
+                    if self.dialect == "sqlite" and self.engine.dialect.get_table_names(conn):
+                        raise CatalogError(f"{where} holds other tables but no mmsearch catalog (damaged, or "
+                                           "another program's database); move it aside or give another --db")
                     Base.metadata.create_all(conn)
                     conn.execute(MetaEntry.__table__.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
                     return
                 row = conn.execute(select(MetaEntry.value).where(MetaEntry.key == "schema_version")).scalar()
-        except OperationalError as exc:
-            raise CatalogError(f"cannot open catalog {where}: {exc.orig}") from exc
-        version = int(row or 0)
+        try:
+            version = int(row or 0)
+        except ValueError:
+            raise CatalogError(f"catalog {where} records schema version {row!r}, which is not a number") from None
         if version > SCHEMA_VERSION:
             raise CatalogError(f"catalog {where} was written by a newer mmsearch (schema version {version}; "
                                f"this version reads up to {SCHEMA_VERSION}); upgrade mmsearch to open it")
         if version < SCHEMA_VERSION:  # no older schema has been released yet
             raise CatalogError(f"catalog {where} has unknown schema version {version}")
+
+    @contextlib.contextmanager
+    def translate_errors(self, what: str = "catalog") -> Iterator[None]:
+        """Database failures inside the block become CatalogError with a short message (never SQL or
+        parameters); constraint violations (IntegrityError) pass through for the caller to handle."""
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except DBAPIError as exc:
+            raise CatalogError(f"{what} {self.where}: {database_failure(exc)}") from exc
 
     def close(self) -> None:
         self._reads.close()
@@ -279,20 +308,21 @@ class Catalog:
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
         """A read (or ad-hoc) session, committed on success, rolled back on error."""
-        with self._sessions() as s, s.begin():
+        with self.translate_errors(), self._sessions() as s, s.begin():
             yield s
 
     def read(self, statement, params: dict) -> list[tuple]:
         """Rows of one of the request path's prepared SELECTs (see indexer/reads.py: kept connections, no
         per-execution SQLAlchemy machinery)."""
-        return self._reads.rows(statement, params)[1]
+        with self.translate_errors():
+            return self._reads.rows(statement, params)[1]
 
     @contextlib.contextmanager
     def write(self, collection_id: int) -> Iterator[tuple[Session, int]]:
         """A write transaction on one collection: yields (session, rev). The collection's revision is bumped
         first, which takes the write lock (SQLite) / row lock (PostgreSQL) so writers are serialised and
         revisions are committed in order. Stamp every changed item with `rev`."""
-        with self._sessions() as s, s.begin():
+        with self.translate_errors(), self._sessions() as s, s.begin():
             rev = s.execute(update(Collection).where(Collection.id == collection_id)
                             .values(revision=Collection.revision + 1).returning(Collection.revision)).scalar()
             if rev is None:
@@ -375,7 +405,8 @@ class Catalog:
         statement = _LIVE_ITEMS_BY_ID if with_vectors else _LIVE_ITEMS_BY_ID_NO_VECTOR
         out: dict[int, ItemRow] = {}
         for chunk in _chunks([int(i) for i in ids], 900):
-            columns, rows = self._reads.rows(statement, {"cid": collection_id, "ids": chunk})
+            with self.translate_errors():
+                columns, rows = self._reads.rows(statement, {"cid": collection_id, "ids": chunk})
             for row in rows:
                 item = ItemRow(**dict(zip(columns, row)))
                 out[item.id] = item
@@ -506,6 +537,92 @@ class Catalog:
                     job.message = "the process ended without finishing (killed or crashed); rerun to resume"
                     stale.append(job)
         return stale
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(path: str) -> bool:
+    """Whether a catalog file exists at `path`; CatalogError when what is there cannot be a whole SQLite
+    database: not a regular file, empty (0 bytes, with no write-ahead log that could fill it), not SQLite,
+    or shorter than its header says (truncated). The header check is cheap and catches what SQLite itself
+    reports only later, or never (it silently treats an empty file as a new database)."""
+    how = (f"restore it from a backup, or move it aside (mv {path} {path}.bad) to start a new, empty catalog")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise CatalogError(f"cannot open catalog {path} ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CatalogError(f"catalog {path} is not a regular file; {how}")
+        head = os.read(fd, 100)
+    except OSError as exc:
+        raise CatalogError(f"cannot read catalog {path} ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if st.st_size == 0:
+        try:
+            wal = os.path.getsize(path + "-wal")
+        except OSError:
+            wal = 0
+        if wal:  # a new catalog whose first pages are still in the write-ahead log
+            return True
+        raise CatalogError(f"catalog {path} is empty (0 bytes): it was damaged (a full disk, a crash, a copy "
+                           f"cut short); {how}")
+    if len(head) < 100 or not head.startswith(SQLITE_MAGIC):
+        raise CatalogError(f"catalog {path} is not an SQLite database (damaged, or another file); {how}")
+    page_size = struct.unpack(">H", head[16:18])[0]
+    page_size = 65536 if page_size == 1 else page_size
+    change_counter, pages, valid_for = struct.unpack(">I", head[24:28])[0], struct.unpack(">I", head[28:32])[0], \
+        struct.unpack(">I", head[92:96])[0]
+    if valid_for == change_counter and pages and st.st_size < pages * page_size:
+        raise CatalogError(f"catalog {path} is truncated ({st.st_size} bytes; its header says "
+                           f"{pages * page_size}); {how}")
+    return True
+
+
+def _create_sqlite_file(path: str) -> None:
+    """A new, empty SQLite database at `path`, made under a temporary name and linked into place, so a
+    catalog file that exists is never a half-made one (an empty catalog.db is refused as damaged)."""
+    import sqlite3
+
+    tmp = f"{path}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        conn = sqlite3.connect(tmp)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("CREATE TABLE mmsearch_creating (x INTEGER)")  # page 1 written: a whole database
+            conn.execute("DROP TABLE mmsearch_creating")
+            conn.commit()
+        finally:
+            conn.close()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process created it meanwhile: use theirs
+    except OSError as exc:
+        raise CatalogError(f"cannot create catalog {path} ({exc.strerror or exc})") from None
+    finally:
+        for leftover in (tmp, tmp + "-wal", tmp + "-shm"):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+
+
+def database_failure(exc: DBAPIError) -> str:
+    """A short description of a database failure for users: the driver's own text for SQLite (fixed
+    phrases such as "database disk image is malformed") and connection problems, the kind of error
+    otherwise. Never the statement or its parameters."""
+    orig = exc.orig
+    text = str(orig).strip().splitlines()[0][:200] if orig is not None and str(orig).strip() else ""
+    if exc.connection_invalidated or type(orig).__module__.startswith("sqlite3") or \
+            type(exc).__name__ == "OperationalError":
+        return text or type(orig).__name__
+    return f"the database refused a statement ({type(orig).__name__})"
 
 
 def check_collection_name(name: str) -> None:

@@ -37,10 +37,14 @@ import threading
 import zlib
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
 from mmsearch.errors import InvalidInput
+
+# faiss's loader reports at INFO which CPU build it tried ("Could not load library with AVX512 support"),
+# noise in every server log; its warnings still show.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+import faiss  # noqa: E402
 
 log = logging.getLogger("mmsearch.indexer")
 
