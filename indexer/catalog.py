@@ -416,8 +416,25 @@ class Catalog:
                    limit: int | None = None) -> np.ndarray:
         """Ids (int64 array) of the live items (among `ids`, when given) matching an SQLAlchemy expression
         over Item columns."""
-        with self.session() as s:
+        with self.filter_errors(), self.session() as s:
             return np.asarray(self._matching_ids(s, collection_id, where, ids, limit), dtype=np.int64)
+
+    @contextlib.contextmanager
+    def filter_errors(self) -> Iterator[None]:
+        """A filter the database cannot run (too large for it) becomes InvalidInput; any other database
+        failure CatalogError. Neither message carries the statement or its parameters."""
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except (DBAPIError, CatalogError) as exc:
+            cause = exc if isinstance(exc, DBAPIError) else exc.__cause__
+            if isinstance(cause, DBAPIError) and _too_complex(cause):
+                raise InvalidInput("the filter is too large for the catalog database; use fewer terms "
+                                   "(an IN list instead of many ORs)") from None
+            if isinstance(exc, CatalogError):
+                raise
+            raise CatalogError(f"catalog {self.where}: {database_failure(exc)}") from exc
 
     def _matching_ids(self, s: Session, collection_id: int, where, ids: Sequence[int] | None,
                       limit: int | None = None) -> list[int]:
@@ -486,7 +503,7 @@ class Catalog:
     def delete_where(self, collection_id: int, where, *, ids: Sequence[int] | None = None) -> list[int]:
         """Soft-delete the live items (among `ids`, when given) matching `where` (SQLAlchemy expression
         over Item, or None). Returns their ids."""
-        with self.write(collection_id) as (s, rev):
+        with self.filter_errors(), self.write(collection_id) as (s, rev):
             ids = self._matching_ids(s, collection_id, where, ids)
             for chunk in _chunks(ids, 900):
                 s.execute(update(Item).where(Item.id.in_(chunk))
@@ -623,6 +640,16 @@ def database_failure(exc: DBAPIError) -> str:
             type(exc).__name__ == "OperationalError":
         return text or type(orig).__name__
     return f"the database refused a statement ({type(orig).__name__})"
+
+
+_TOO_COMPLEX = ("expression tree is too large", "parser stack overflow", "too many sql variables",
+                "too many terms", "stack depth limit exceeded", "too many arguments", "statement too complex",
+                "string or blob too big", "too many columns", "at most 64 tables", "out of memory")
+
+
+def _too_complex(exc: DBAPIError) -> bool:
+    text = str(exc.orig).lower()
+    return any(phrase in text for phrase in _TOO_COMPLEX)
 
 
 def check_collection_name(name: str) -> None:

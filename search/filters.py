@@ -22,6 +22,11 @@ booleans support only = and !=; `created` / `updated` compare with ISO-8601 stri
 
 Every literal becomes a bound parameter; nothing from the filter text is ever spliced into SQL. Errors
 are `FilterError` (an `InvalidInput`) naming the 1-based column where the text stops making sense.
+
+Whatever parses also runs on SQLite and PostgreSQL: filters are at most MAX_FILTER_CHARS long, nest at most
+MAX_DEPTH levels (SQLite's parser overflows at about 40 levels of parentheses), IN lists hold at most
+MAX_IN_VALUES values and become one SQL IN per kind of value, and long AND / OR chains are split into
+groups of CHAIN terms (SQLite makes a chain into an expression tree as deep as the chain, at most 1000).
 """
 
 from __future__ import annotations
@@ -33,13 +38,20 @@ from dataclasses import dataclass
 from typing import Union
 
 from sqlalchemy import and_, case, false, func, literal, not_, or_, true, type_coerce
+from sqlalchemy import Boolean
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from mmsearch.errors import InvalidInput
 
 MAX_FILTER_CHARS = 8192
-MAX_DEPTH = 64        # nesting of parentheses / NOT, so a hostile filter cannot exhaust the stack
+MAX_DEPTH = 24        # nesting of parentheses / NOT: SQLite's parser (a fixed 100-slot stack before 3.46)
+                      # stops at about 40 levels of parentheses, and the SQL adds some of its own
 MAX_IN_VALUES = 1024
+CHAIN = 64            # AND / OR terms per SQL chain: longer ones are split into parenthesized groups, since
+                      # SQLite parses a chain into a tree as deep as the chain (its limit: depth 1000)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # Built-in columns: name -> kind of literal they compare with.
@@ -186,6 +198,8 @@ def tokenize(text: str) -> list[Token]:
                 raise FilterError("a number runs into a name; put a space or operator between them", end, text)
             raw = m.group()
             if re.fullmatch(r"[+-]?\d+", raw):
+                if len(raw.lstrip("+-").lstrip("0")) > 19:  # before int(): it refuses over 4300 digits
+                    raise FilterError("integer out of the 64-bit range", i, text)
                 value: int | float = int(raw)
                 if not INT64_MIN <= value <= INT64_MAX:
                     raise FilterError("integer out of the 64-bit range", i, text)
@@ -400,23 +414,53 @@ class _SQL:
 
     def node(self, node: Node):
         if isinstance(node, BoolOp):
-            parts = [self.node(o) for o in node.operands]
-            return and_(*parts) if node.op == "AND" else or_(*parts)
+            return _chain(node.op, [self.node(o) for o in node.operands])
         if isinstance(node, Not):
-            return not_(self.node(node.operand))
+            if isinstance(node.operand, Not):  # conditions are never NULL, so NOT NOT x is x
+                return self.node(node.operand.operand)
+            return not_(Grouping(self.node(node.operand)))
         if isinstance(node, In):
-            matches = or_(*(self.compare(node.field, "=", lit.value) for lit in node.values))
+            matches = self.member(node.field, [lit.value for lit in node.values])
             return not_(matches) if node.negated else matches
         return self.compare(node.field, node.op, node.value.value)
 
     def compare(self, field: Field, op: str, value):
         if field.keys:
-            return self.meta_compare(field.keys, op, value)
+            return Grouping(self.meta_compare(field.keys, op, value))
         column = getattr(self.model, field.name)
         if COLUMNS[field.name] == "time":
             value = dt.datetime.fromisoformat(value)
         # Never NULL: a missing value makes the comparison false, so NOT stays a plain negation.
-        return and_(column.is_not(None), _apply(column, op, value))
+        return Grouping(and_(column.is_not(None), _apply(column, op, value)))
+
+    def member(self, field: Field, values: list):
+        """`field IN (values)` as one IN per kind of value, not a chain of equalities."""
+        if not field.keys:
+            column = getattr(self.model, field.name)
+            if COLUMNS[field.name] == "time":
+                values = [dt.datetime.fromisoformat(v) for v in values]
+            return Grouping(and_(column.is_not(None), column.in_([literal(v) for v in values])))
+        by_kind: dict[str, list] = {}
+        for v in values:
+            by_kind.setdefault(_kind(v), []).append(v)
+        parts = [self.meta_member(field.keys, kind, vs) for kind, vs in by_kind.items()]
+        return parts[0] if len(parts) == 1 else Grouping(or_(*parts))
+
+    def meta_member(self, keys: tuple[str, ...], kind: str, values: list):
+        if kind == "bool" or len(values) == 1 or self.dialect == "postgresql":  # PostgreSQL: one containment each
+            return _chain("OR", [self.compare(Field("meta", keys, 0), "=", v) for v in values])
+        meta = self.model.meta
+        if self.dialect == "sqlite":
+            path = literal("$" + "".join(f'."{k}"' for k in keys))
+            json_type = func.json_type(meta, path)
+            guard = json_type.in_([literal("integer"), literal("real")]) if kind == "number" else json_type == literal("text")
+            extracted = func.json_extract(meta, path)
+        else:
+            node = meta[keys]
+            json_type = (func.jsonb_typeof if _is_jsonb(meta) else func.json_typeof)(node)
+            guard = json_type == literal("number" if kind == "number" else "string")
+            extracted = node.as_float() if kind == "number" else node.as_string()
+        return Grouping(case((guard, extracted.in_([literal(v) for v in values])), else_=false()))
 
     def meta_compare(self, keys: tuple[str, ...], op: str, value):
         meta = self.model.meta
@@ -451,6 +495,31 @@ class _SQL:
             return condition
         # CASE keeps the cast from ever seeing a value of another type (PostgreSQL would raise).
         return case((guard, _apply(extracted, op, value)), else_=false())
+
+
+class Grouping(ColumnElement):
+    """A boolean in parentheses that SQLAlchemy keeps as one term: its own grouping is flattened back into
+    an enclosing AND / OR chain of the same operator, which is what makes chains long."""
+
+    type = Boolean()
+    inherit_cache = True
+    _traverse_internals = [("clause", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, clause):
+        self.clause = clause
+
+
+@compiles(Grouping)
+def _render_grouping(element, compiler, **kw):
+    return "(" + compiler.process(element.clause, **kw) + ")"
+
+
+def _chain(op: str, parts: list):
+    """AND / OR of `parts`, split into parenthesized groups of at most CHAIN terms."""
+    join = and_ if op == "AND" else or_
+    while len(parts) > CHAIN:
+        parts = [Grouping(join(*parts[i:i + CHAIN])) for i in range(0, len(parts), CHAIN)]
+    return parts[0] if len(parts) == 1 else Grouping(join(*parts))
 
 
 def _apply(expr, op: str, value):
