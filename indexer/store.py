@@ -153,6 +153,8 @@ class Store:
             os.unlink(self.index_path(name))
         except FileNotFoundError:
             pass
+        except OSError as exc:  # e.g. a folder in its place: not ours to remove
+            log.warning("could not remove the index file of %s (%s)", name, exc.strerror or exc)
 
     def encoder_for(self, coll: "CollectionHandle | str", device: str = "cpu"):
         """The encoder a collection is bound to, loaded from its recorded name; Conflict if the weights found
@@ -342,7 +344,7 @@ class CollectionHandle:
     def _open(self, rev: int, purged: int) -> VectorIndex:
         path = self.store.index_path(self.name)
         _remove_stale_temp_files(path)
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             log.info("index %s: no file, building from the catalog", path)
             return self._build(rev, save=True)
         try:
@@ -467,10 +469,17 @@ class CollectionHandle:
             self._save(self.refresh())
 
     def _save(self, index: VectorIndex) -> None:
+        """Write the index file. It is a cache: when the path cannot take it (a folder in its place, a full
+        disk) the index keeps serving from memory and is rebuilt from the catalog next time."""
+        path = self.store.index_path(self.name)
+        try:
+            index.save(path, {"collection_id": self.id, "collection_uid": self.row.uid, "collection": self.name,
+                              "encoder_digest": self.row.encoder_digest, "encoder_name": self.row.encoder_name})
+        except OSError as exc:
+            log.warning("could not save the index of %s to %s (%s); serving it from memory, it is rebuilt "
+                        "from the catalog when next opened", self.name, path, exc.strerror or exc)
+            return
         self._saved_watermark = index.watermark
-        index.save(self.store.index_path(self.name),
-                   {"collection_id": self.id, "collection_uid": self.row.uid, "collection": self.name,
-                    "encoder_digest": self.row.encoder_digest, "encoder_name": self.row.encoder_name})
 
 
 def _remove_stale_temp_files(path: str, age_s: float = 3600.0) -> None:
