@@ -1,44 +1,67 @@
 """The catalog: SQLAlchemy models and the few queries everything else needs.
 
-The catalog is the source of truth. Each item row holds its own vector (float32 little-endian bytes), so
-every FAISS index can be rebuilt from it. Writes that touch items go through `Catalog.write(collection_id)`,
-which first bumps the collection's `revision` counter (taking the write lock before anything is read) and
-stamps every changed row with the new revision in `Item.rev`. An index file records the revision it covers
-(its watermark); catching up is "apply every item row with rev > watermark". Deletes are soft
-(`deleted=True`, vector cleared) so that a catch-up sees them; `purge_deleted` drops tombstones that every
-index has already applied and records the revision in `Collection.purged_rev`.
+The catalog is the source of truth; every FAISS index can be rebuilt from it. Its layout (schema version 2):
 
-SQLite (the default, `DATA_DIR/catalog.db`, WAL mode) and PostgreSQL (any SQLAlchemy URL) are supported.
-The schema version is stored in `mmsearch_meta`; opening a catalog written by a newer schema is refused.
+  items         one row per image: uri, sha256, size, caption, metadata (JSON), times, soft-delete flag, rev.
+                No vector: scans and row fetches never read vector bytes.
+  item_vectors  (item_id, vector): the float32 little-endian, L2-normalised embedding of each live item.
+  meta_keys     (id, collection_id, path, kind): every metadata key a filter can reach, per collection and
+                kind of value: "n" number, "s" string, "b" boolean (path "exif.iso" for {"exif": {"iso": 100}}).
+  meta_num      (key_id, value, item_id) for numbers and booleans (1 / 0), meta_str the same for strings
+                (their first STRING_PREFIX characters): the metadata index, kept in the item's transaction.
+                Primary key (key_id, value, item_id) answers `meta.k = v`, IN and ranges by an index range;
+                (item_id, key_id) answers "does this item match" and finds an item's rows to replace them.
+
+Writes that touch items go through `Catalog.write(collection_id)`, which first bumps the collection's
+`revision` counter (taking the write lock before anything is read) and stamps every changed row with the new
+revision in `Item.rev`. An index file records the revision it covers (its watermark); catching up is "apply
+every item row with rev > watermark". Deletes are soft (`deleted=True`, vector and metadata rows removed) so
+that a catch-up sees them; `purge_deleted` drops tombstones that every index has already applied and records
+the revision in `Collection.purged_rev`. Rows are written in bulk (`insert_items`, `update_items`):
+executemany on SQLite, COPY on PostgreSQL, with ids allocated up front.
+
+SQLite (the default, `DATA_DIR/catalog.db`, WAL mode, PAGE_SIZE pages for new files) and PostgreSQL (any
+SQLAlchemy URL) are supported. The schema version is stored in `mmsearch_meta`; a catalog written by schema
+version 1 is upgraded in place when opened (indexer/catalog_upgrade.py); one written by a newer schema is
+refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
+import math
 import os
+import re
 import socket
 import uuid
-from dataclasses import dataclass
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String,
-                        Text, bindparam, create_engine, event, false, func, null, select, text, true, update)
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, Numeric,
+                        String, Text, UniqueConstraint, bindparam, create_engine, event, false, func, select, text,
+                        true, tuple_, update)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from mmsearch.errors import CatalogError, Conflict, InvalidInput, NotFound
 from indexer.reads import DriverReads
+from indexer.sqlite_file import check_sqlite_file, create_sqlite_file
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+PAGE_SIZE = 16384  # new SQLite catalogs: five 768-d vectors fill a page (4096-byte pages hold one)
+STRING_PREFIX = 256  # characters of a metadata string kept in meta_str (PostgreSQL caps an index entry)
 
 # int64 ids; on SQLite the primary key must be plain INTEGER to be the auto-incrementing rowid.
 Int64 = BigInteger().with_variant(Integer, "sqlite")
-# JSON everywhere; JSONB on PostgreSQL so metadata filters can use a GIN index (ix_items_meta).
 Json = JSON().with_variant(JSONB(), "postgresql")
+# Metadata strings compare by code point on both databases, whatever the PostgreSQL database's locale.
+CodePointText = Text().with_variant(Text(collation="C"), "postgresql")
 
 
 def utcnow() -> dt.datetime:
@@ -68,9 +91,11 @@ class Collection(Base):
     encoder_family: Mapped[str] = mapped_column(String(32))
     encoder_digest: Mapped[str] = mapped_column(String(128))
     dim: Mapped[int] = mapped_column(Integer)
-    index_spec: Mapped[str] = mapped_column(String(100), default="auto")  # "auto" | "flat" | "ivf[N]" | "hnsw[M]"
+    index_spec: Mapped[str] = mapped_column(String(100), default="auto")  # see indexer/indices: IndexSpec
+    index_memory: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # bytes; None: the store's
     revision: Mapped[int] = mapped_column(Int64, default=0)  # bumped by every write transaction
     purged_rev: Mapped[int] = mapped_column(Int64, default=0)  # tombstones with rev <= this are gone
+    live_count: Mapped[int] = mapped_column(Int64, default=0)  # live items, kept by every write
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -80,11 +105,11 @@ class Item(Base):
     id            int64 primary key; also the FAISS id
     collection_id the owning collection
     uri           where the image came from (absolute path, manifest uri, or "sha256:<hex>" for bytes)
-    sha256        hex digest of the file bytes; unique among live items of a collection
+    sha256        hex digest of the file bytes (of the vector, for imported embeddings); unique among live
+                  items of a collection
     width, height size of the decoded image (after EXIF rotation)
     caption       generated caption (index-time --caption) or None
-    meta          JSON object of user metadata (manifest columns, API dicts)
-    vector        float32 little-endian bytes, L2-normalised, `dim` values (empty once deleted)
+    meta          JSON object of user metadata (manifest columns, API dicts); indexed in meta_num / meta_str
     created, updated  UTC timestamps
     deleted       soft-delete flag (a tombstone kept until every index has applied it)
     rev           collection revision of the last change to this row (the index catch-up cursor)
@@ -99,7 +124,6 @@ class Item(Base):
     height: Mapped[int] = mapped_column(Integer)
     caption: Mapped[str | None] = mapped_column(Text, nullable=True)
     meta: Mapped[dict] = mapped_column(Json, default=dict)
-    vector: Mapped[bytes] = mapped_column(LargeBinary)
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -111,19 +135,64 @@ class Item(Base):
               sqlite_where=text("deleted = 0"), postgresql_where=text("deleted = false")),
         Index("ix_items_uri", "collection_id", "uri"),
         Index("ix_items_rev", "collection_id", "rev"),
-        # Metadata equality filters (search/filters.py adds `meta @> {...}`) find their rows through it.
-        Index("ix_items_meta", "meta", postgresql_using="gin",
-              postgresql_ops={"meta": "jsonb_path_ops"}).ddl_if(dialect="postgresql"),
+        # Filters on the built-in columns (search/filters.py) read ranges of these.
+        Index("ix_items_width", "collection_id", "width"),
+        Index("ix_items_height", "collection_id", "height"),
+        Index("ix_items_created", "collection_id", "created"),
     )
 
-    def vector_array(self) -> np.ndarray:
-        return np.frombuffer(self.vector, dtype="<f4")
+
+ITEM_INDEXES_V2 = ("ix_items_width", "ix_items_height", "ix_items_created")
+
+
+class ItemVector(Base):
+    """The vector of one live item (float32 little-endian bytes, L2-normalised, `dim` values), apart from
+    its row so that scans of items never read it. Kept in the item's transaction by Catalog."""
+
+    __tablename__ = "item_vectors"
+    item_id: Mapped[int] = mapped_column(Int64, primary_key=True, autoincrement=False)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class MetaKey(Base):
+    """A metadata key of a collection that holds values of one kind ("n", "s" or "b")."""
+
+    __tablename__ = "meta_keys"
+    id: Mapped[int] = mapped_column(Int64, primary_key=True, autoincrement=True)
+    collection_id: Mapped[int] = mapped_column(Int64, ForeignKey("collections.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(1))
+    __table_args__ = (UniqueConstraint("collection_id", "path", "kind", name="uq_meta_keys"),
+                      Index("ix_meta_keys_path", "path", "kind"))
+
+
+class MetaNum(Base):
+    """Numeric (and boolean, as 1 / 0) metadata values: one row per (key, item)."""
+
+    __tablename__ = "meta_num"
+    key_id: Mapped[int] = mapped_column(Int64, primary_key=True, autoincrement=False)
+    value: Mapped[float] = mapped_column(Numeric(asdecimal=False), primary_key=True)
+    item_id: Mapped[int] = mapped_column(Int64, primary_key=True, autoincrement=False)
+    __table_args__ = (Index("ix_meta_num_item", "item_id", "key_id"), {"sqlite_with_rowid": False})
+
+
+class MetaStr(Base):
+    """String metadata values (their first STRING_PREFIX characters): one row per (key, item)."""
+
+    __tablename__ = "meta_str"
+    key_id: Mapped[int] = mapped_column(Int64, primary_key=True, autoincrement=False)
+    value: Mapped[str] = mapped_column(CodePointText, primary_key=True)
+    item_id: Mapped[int] = mapped_column(Int64, primary_key=True, autoincrement=False)
+    __table_args__ = (Index("ix_meta_str_item", "item_id", "key_id"), {"sqlite_with_rowid": False})
+
+
+META_TABLES = (MetaNum, MetaStr)
 
 
 @dataclass(slots=True)
 class ItemRow:
-    """A snapshot of one items row as the read paths return it (`Catalog.items_by_id`): the same attributes
-    as Item, loaded by a Core select, which costs a fraction of building ORM instances (search fetches
+    """A snapshot of one item as the read paths return it (`Catalog.items_by_id`): the Item columns plus
+    its vector, loaded by a Core select, which costs a fraction of building ORM instances (search fetches
     rows on every request)."""
 
     id: int
@@ -134,11 +203,11 @@ class ItemRow:
     height: int
     caption: str | None
     meta: dict
-    vector: bytes | None  # None when read with with_vectors=False
     created: dt.datetime
     updated: dt.datetime
     deleted: bool
     rev: int
+    vector: bytes | None = None  # None when read with with_vectors=False
 
     def vector_array(self) -> np.ndarray:
         if self.vector is None:
@@ -146,8 +215,55 @@ class ItemRow:
         return np.frombuffer(self.vector, dtype="<f4")
 
 
+@dataclass(slots=True)
+class NewItem:
+    """An item to write with `Catalog.insert_items` / `update_items`. In an update, `meta` / `caption`
+    None keep the stored values."""
+
+    uri: str
+    sha256: str
+    width: int
+    height: int
+    vector: bytes  # float32 little-endian, L2-normalised
+    meta: dict | None = None
+    caption: str | None = None
+
+
+FILTER_COLLECTION = "filter_collection_id"  # the bound parameter of ItemFilter.joins: the collection scanned
+
+
+@dataclass(eq=False)
+class ItemFilter:
+    """A filter as SQL over items (search/filters.py makes them). `condition` is exact and cheap to test
+    on one row (metadata terms are EXISTS lookups by item), so it checks candidate ids; `joins` (tables
+    joined on item_id with their conditions; they take the collection id as the bound parameter
+    FILTER_COLLECTION) let a scan start from the metadata index instead of reading the collection, and then
+    `residual` is what the joins leave to check (None: nothing). `condition` is usable as a plain SQLAlchemy
+    condition (`select(...).where(f)`)."""
+
+    condition: Any
+    joins: tuple = ()
+    residual: Any = None
+
+    def __clause_element__(self):
+        return self.condition
+
+    def also(self, extra) -> "ItemFilter":
+        """This filter AND an SQLAlchemy condition over Item."""
+        from sqlalchemy import and_
+
+        return ItemFilter(condition=and_(self.condition, extra), joins=self.joins,
+                          residual=extra if self.residual is None else and_(self.residual, extra))
+
+
+def as_filter(where) -> ItemFilter | None:
+    if where is None or isinstance(where, ItemFilter):
+        return where
+    return ItemFilter(condition=where, residual=where)
+
+
 class Job(Base):
-    """One run of `mmsearch index` (or the Python API). Counts are committed with each batch."""
+    """One run of `mmsearch index` / `mmsearch import` (or the Python API). Counts are committed with each batch."""
 
     __tablename__ = "jobs"
     id: Mapped[int] = mapped_column(Int64, primary_key=True, autoincrement=True)
@@ -187,6 +303,36 @@ class JobError(Base):
 
 # ----------------------------------------------------------------------------------------------------------------
 
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*\Z")  # a key the filter language can name (search/filters.py)
+_INT64 = 1 << 63
+
+
+def meta_entries(meta: dict | None, *, sqlite: bool) -> list[tuple[str, str, object]]:
+    """(path, kind, value) for every value of `meta` a filter can reach: numbers ("n"), booleans ("b",
+    as 1 / 0) and strings ("s", cut to STRING_PREFIX characters) under keys the filter language can name,
+    in nested objects as "a.b". Lists, nulls, non-finite numbers and other keys are not filterable."""
+    out: list[tuple[str, str, object]] = []
+    stack: list[tuple[str, dict]] = [("", meta)] if isinstance(meta, dict) else []
+    while stack:
+        prefix, obj = stack.pop()
+        for key, value in obj.items():
+            if not isinstance(key, str) or not _KEY.match(key):
+                continue
+            path = prefix + key
+            if isinstance(value, bool):
+                out.append((path, "b", int(value)))
+            elif isinstance(value, int):
+                # SQLite integers are 64-bit: a larger one is kept as the float it rounds to
+                out.append((path, "n", float(value) if sqlite and not -_INT64 <= value < _INT64 else value))
+            elif isinstance(value, float):
+                if math.isfinite(value):
+                    out.append((path, "n", value))
+            elif isinstance(value, str):
+                out.append((path, "s", value[:STRING_PREFIX]))
+            elif isinstance(value, dict):
+                stack.append((path + ".", value))
+    return out
+
 
 def database_url(data_dir: str | os.PathLike, db: str | None = None) -> str:
     """The catalog URL: `db` (a SQLAlchemy URL) if given, else $MMSEARCH_DB, else SQLite in the data dir."""
@@ -202,6 +348,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=60000")
+    cur.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages per connection (the default is 2 MiB)
     cur.close()
 
 
@@ -218,59 +365,113 @@ def _live_by_ids(collection_id, ids):
     return Item.id.in_(ids) & ((Item.collection_id + 0) == collection_id) & (Item.deleted == false())
 
 
-_LIVE_ITEMS_BY_ID = select(Item.__table__).where(_live_by_ids(bindparam("cid"), bindparam("ids", expanding=True)))
-# The search path's rows: the vector (3 KB a row for 768 dims) is read only when a request asks for it.
-_LIVE_ITEMS_BY_ID_NO_VECTOR = _LIVE_ITEMS_BY_ID.with_only_columns(
-    *[c for c in Item.__table__.c if c.name != "vector"], null().label("vector"))
+_ITEM_COLUMNS = [c for c in Item.__table__.c]
+_LIVE_ITEMS_BY_ID_NO_VECTOR = select(*_ITEM_COLUMNS).where(
+    _live_by_ids(bindparam("cid"), bindparam("ids", expanding=True)))
+_LIVE_ITEMS_BY_ID = (select(*_ITEM_COLUMNS, ItemVector.vector)
+                     .select_from(Item.__table__.outerjoin(ItemVector.__table__, ItemVector.item_id == Item.id))
+                     .where(_live_by_ids(bindparam("cid"), bindparam("ids", expanding=True))))
+# Re-ranking reads vectors alone, by primary key.
+_VECTORS_BY_ID = select(ItemVector.item_id, ItemVector.vector).where(
+    ItemVector.item_id.in_(bindparam("ids", expanding=True)))
+# Index builds and catch-ups page through a collection: live rows in id order (a rowid range on SQLite: the
+# `+ 0` keeps it off the collection indexes), changed rows in (rev, id) order along ix_items_rev.
+_SCAN_COLUMNS = (Item.id, Item.deleted, ItemVector.vector)
+_SCAN_FROM = Item.__table__.outerjoin(ItemVector.__table__, ItemVector.item_id == Item.id)
+_LIVE_PAGE = (select(*_SCAN_COLUMNS, Item.rev).select_from(_SCAN_FROM)
+              .where((Item.collection_id + 0) == bindparam("cid"), Item.deleted == false(), Item.id > bindparam("after"))
+              .order_by(Item.id).limit(bindparam("n")))
+_CHANGED_PAGE = (select(*_SCAN_COLUMNS, Item.rev).select_from(_SCAN_FROM)
+                 .where(Item.collection_id == bindparam("cid"), Item.rev > bindparam("rev"),
+                        tuple_(Item.rev, Item.id) > tuple_(bindparam("after_rev"), bindparam("after")))
+                 .order_by(Item.rev, Item.id).limit(bindparam("n")))
+
+BIND_CHUNK = 900  # ids per statement (SQLite's old default limit is 999 bound values)
 
 
 class Catalog:
     """An open catalog database. Thread-safe; sessions are short-lived and come from `session()` / `write()`."""
 
-    def __init__(self, url: str, *, create: bool = True):
+    def __init__(self, url: str, *, create: bool = True, upgrade: bool = True):
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
             raise CatalogError(f"catalog URL {url!r} is not a valid SQLAlchemy URL") from exc
         self.url = url
+        self.where = parsed.render_as_string(hide_password=True)
         self.dialect = parsed.get_backend_name()
         kwargs: dict = {}
+        sqlite_file = None
         if self.dialect == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
-                os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+            if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+                sqlite_file = os.path.abspath(parsed.database)
+                os.makedirs(os.path.dirname(sqlite_file), exist_ok=True)
             kwargs["connect_args"] = {"timeout": 60}
         else:
             kwargs["pool_pre_ping"] = True
+        if sqlite_file is not None:
+            if not check_sqlite_file(sqlite_file):
+                if not create:
+                    raise CatalogError(f"{self.where} does not exist")
+                create_sqlite_file(sqlite_file, page_size=PAGE_SIZE)
         try:
             self.engine: Engine = create_engine(url, **kwargs)
         except (ArgumentError, ImportError, SQLAlchemyError) as exc:
-            raise CatalogError(f"cannot use catalog {parsed.render_as_string(hide_password=True)}: {exc}") from exc
+            raise CatalogError(f"cannot use catalog {self.where}: {exc}") from exc
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._reads = DriverReads(self.engine)
-        self._check_schema(create)
-
-    def _check_schema(self, create: bool) -> None:
-        where = make_url(self.url).render_as_string(hide_password=True)
+        self.upgraded_from: int | None = None  # the schema version this open upgraded from, if it did
         try:
+            self._check_schema(create, upgrade)
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    def _check_schema(self, create: bool, upgrade: bool) -> None:
+        where = self.where
+        with self.translate_errors("cannot open catalog"):
             with self.engine.begin() as conn:
                 has_meta = self.engine.dialect.has_table(conn, MetaEntry.__tablename__)
                 if not has_meta:
                     if not create:
                         raise CatalogError(f"{where} is not an mmsearch catalog")
+                    if self.dialect == "sqlite" and self.engine.dialect.get_table_names(conn):
+                        raise CatalogError(f"{where} holds other tables but no mmsearch catalog (damaged, or "
+                                           "another program's database); move it aside or give another --db")
                     Base.metadata.create_all(conn)
                     conn.execute(MetaEntry.__table__.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
                     return
                 row = conn.execute(select(MetaEntry.value).where(MetaEntry.key == "schema_version")).scalar()
-        except OperationalError as exc:
-            raise CatalogError(f"cannot open catalog {where}: {exc.orig}") from exc
-        version = int(row or 0)
+        version = _schema_version(row, where)
         if version > SCHEMA_VERSION:
             raise CatalogError(f"catalog {where} was written by a newer mmsearch (schema version {version}; "
                                f"this version reads up to {SCHEMA_VERSION}); upgrade mmsearch to open it")
-        if version < SCHEMA_VERSION:  # no older schema has been released yet
-            raise CatalogError(f"catalog {where} has unknown schema version {version}")
+        if version < SCHEMA_VERSION:
+            if not upgrade:
+                raise CatalogError(f"catalog {where} has schema version {version}; run `mmsearch migrate` "
+                                   f"to upgrade it to {SCHEMA_VERSION}")
+            from indexer.catalog_upgrade import upgrade as run_upgrade
+
+            with self.translate_errors("cannot upgrade catalog"):
+                self.upgraded_from = run_upgrade(self)
+
+    def schema_version(self) -> int:
+        with self.session() as s:
+            return _schema_version(s.scalar(select(MetaEntry.value).where(MetaEntry.key == "schema_version")),
+                                   self.where)
+
+    @contextlib.contextmanager
+    def translate_errors(self, what: str = "catalog") -> Iterator[None]:
+        """Database failures inside the block become CatalogError with a short message (never SQL or
+        parameters); constraint violations (IntegrityError) pass through for the caller to handle."""
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except DBAPIError as exc:
+            raise CatalogError(f"{what} {self.where}: {database_failure(exc)}") from exc
 
     def close(self) -> None:
         self._reads.close()
@@ -279,20 +480,21 @@ class Catalog:
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
         """A read (or ad-hoc) session, committed on success, rolled back on error."""
-        with self._sessions() as s, s.begin():
+        with self.translate_errors(), self._sessions() as s, s.begin():
             yield s
 
     def read(self, statement, params: dict) -> list[tuple]:
         """Rows of one of the request path's prepared SELECTs (see indexer/reads.py: kept connections, no
         per-execution SQLAlchemy machinery)."""
-        return self._reads.rows(statement, params)[1]
+        with self.translate_errors():
+            return self._reads.rows(statement, params)[1]
 
     @contextlib.contextmanager
     def write(self, collection_id: int) -> Iterator[tuple[Session, int]]:
         """A write transaction on one collection: yields (session, rev). The collection's revision is bumped
         first, which takes the write lock (SQLite) / row lock (PostgreSQL) so writers are serialised and
-        revisions are committed in order. Stamp every changed item with `rev`."""
-        with self._sessions() as s, s.begin():
+        revisions are committed in order. Write items with insert_items / update_items / delete_items."""
+        with self.translate_errors(), self._sessions() as s, s.begin():
             rev = s.execute(update(Collection).where(Collection.id == collection_id)
                             .values(revision=Collection.revision + 1).returning(Collection.revision)).scalar()
             if rev is None:
@@ -302,13 +504,14 @@ class Catalog:
     # ---- collections --------------------------------------------------------------------------------------
 
     def create_collection(self, name: str, *, encoder_name: str, encoder_family: str, encoder_digest: str,
-                          dim: int, index_spec: str = "auto") -> Collection:
+                          dim: int, index_spec: str = "auto", index_memory: int | None = None) -> Collection:
         check_collection_name(name)
         with self.session() as s:
             if s.scalar(select(Collection.id).where(Collection.name == name)) is not None:
                 raise Conflict(f"collection {name!r} already exists")
             coll = Collection(name=name, encoder_name=encoder_name, encoder_family=encoder_family,
-                              encoder_digest=encoder_digest, dim=int(dim), index_spec=index_spec)
+                              encoder_digest=encoder_digest, dim=int(dim), index_spec=index_spec,
+                              index_memory=index_memory, live_count=0)
             s.add(coll)
             s.flush()
             return coll
@@ -344,19 +547,29 @@ class Catalog:
             raise NotFound(f"collection id {collection_id} no longer exists")
         return int(row[0]), int(row[1])
 
-    def set_index_spec(self, collection_id: int, spec: str) -> None:
+    def set_index_spec(self, collection_id: int, spec: str, index_memory: int | None = None, *,
+                       keep_memory: bool = True) -> None:
+        values: dict = {"index_spec": spec}
+        if not keep_memory:
+            values["index_memory"] = index_memory
         with self.session() as s:
-            s.execute(update(Collection).where(Collection.id == collection_id).values(index_spec=spec))
+            s.execute(update(Collection).where(Collection.id == collection_id).values(**values))
 
     def drop_collection(self, collection_id: int) -> None:
         with self.session() as s:
             job_ids = select(Job.id).where(Job.collection_id == collection_id).scalar_subquery()
             s.execute(JobError.__table__.delete().where(JobError.job_id.in_(job_ids)))
             s.execute(Job.__table__.delete().where(Job.collection_id == collection_id))
+            keys = select(MetaKey.id).where(MetaKey.collection_id == collection_id).scalar_subquery()
+            for table in META_TABLES:
+                s.execute(table.__table__.delete().where(table.key_id.in_(keys)))
+            s.execute(MetaKey.__table__.delete().where(MetaKey.collection_id == collection_id))
+            s.execute(ItemVector.__table__.delete().where(ItemVector.item_id.in_(
+                select(Item.id).where(Item.collection_id == collection_id).scalar_subquery())))
             s.execute(Item.__table__.delete().where(Item.collection_id == collection_id))
             s.execute(Collection.__table__.delete().where(Collection.id == collection_id))
 
-    # ---- items --------------------------------------------------------------------------------------------
+    # ---- items: reads -------------------------------------------------------------------------------------
 
     def live(self, collection_id: int, ids: Sequence[int] | None = None):
         """The WHERE clause selecting the live items of a collection (combine with filters), or only those
@@ -367,55 +580,114 @@ class Catalog:
         return (Item.collection_id == collection_id) & (Item.deleted == false())
 
     def count(self, collection_id: int) -> int:
+        """Live items of a collection (kept in the collection's row by every write, so it is one lookup)."""
         with self.session() as s:
-            return int(s.scalar(select(func.count()).select_from(Item).where(self.live(collection_id))))
+            n = s.scalar(select(Collection.live_count).where(Collection.id == collection_id))
+        if n is None:
+            raise NotFound(f"collection id {collection_id} no longer exists")
+        return int(n)
 
     def items_by_id(self, collection_id: int, ids: Sequence[int], *, with_vectors: bool = True) -> dict[int, ItemRow]:
         """The live items among `ids` (with `vector` None unless `with_vectors`)."""
         statement = _LIVE_ITEMS_BY_ID if with_vectors else _LIVE_ITEMS_BY_ID_NO_VECTOR
         out: dict[int, ItemRow] = {}
-        for chunk in _chunks([int(i) for i in ids], 900):
-            columns, rows = self._reads.rows(statement, {"cid": collection_id, "ids": chunk})
+        for chunk in _chunks([int(i) for i in ids], BIND_CHUNK):
+            with self.translate_errors():
+                columns, rows = self._reads.rows(statement, {"cid": collection_id, "ids": chunk})
             for row in rows:
                 item = ItemRow(**dict(zip(columns, row)))
                 out[item.id] = item
         return out
 
+    def vectors_by_id(self, ids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids found, their vectors (n, dim) float32) among `ids`, in the order given; ids without a vector
+        (deleted meanwhile) are left out. The re-ranking read: primary-key lookups on item_vectors only."""
+        want = [int(i) for i in ids]
+        found: dict[int, bytes] = {}
+        for chunk in _chunks(want, BIND_CHUNK):
+            for item_id, blob in self.read(_VECTORS_BY_ID, {"ids": chunk}):
+                found[int(item_id)] = blob
+        order = [i for i in want if i in found]
+        if not order:
+            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        vecs = np.frombuffer(b"".join(found[i] for i in order), dtype="<f4").reshape(len(order), dim)
+        return np.asarray(order, dtype=np.int64), vecs.astype(np.float32, copy=False)
+
     def select_ids(self, collection_id: int, where=None, *, ids: Sequence[int] | None = None,
                    limit: int | None = None) -> np.ndarray:
-        """Ids (int64 array) of the live items (among `ids`, when given) matching an SQLAlchemy expression
-        over Item columns."""
-        with self.session() as s:
+        """Ids (int64 array) of the live items (among `ids`, when given) matching `where`: an ItemFilter
+        (search/filters.py) or an SQLAlchemy condition over Item columns. Without `ids`, a filter with
+        joins is answered from the metadata index; with them, each id is checked."""
+        with self.filter_errors(), self.session() as s:
             return np.asarray(self._matching_ids(s, collection_id, where, ids, limit), dtype=np.int64)
+
+    @contextlib.contextmanager
+    def filter_errors(self) -> Iterator[None]:
+        """A filter the database cannot run (too large for it) becomes InvalidInput; any other database
+        failure CatalogError. Neither message carries the statement or its parameters."""
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except (DBAPIError, CatalogError) as exc:
+            cause = exc if isinstance(exc, DBAPIError) else exc.__cause__
+            if isinstance(cause, DBAPIError) and _too_complex(cause):
+                raise InvalidInput("the filter is too large for the catalog database; use fewer terms "
+                                   "(an IN list instead of many ORs)") from None
+            if isinstance(exc, CatalogError):
+                raise
+            raise CatalogError(f"catalog {self.where}: {database_failure(exc)}") from exc
 
     def _matching_ids(self, s: Session, collection_id: int, where, ids: Sequence[int] | None,
                       limit: int | None = None) -> list[int]:
+        if ids is None:
+            return list(s.scalars(self.ids_statement(collection_id, where, limit=limit)))
         found: list[int] = []
-        for chunk in [None] if ids is None else _chunks([int(i) for i in ids], 900):  # 900 bound values a statement
-            stmt = select(Item.id).where(self.live(collection_id, chunk))
-            if where is not None:
-                stmt = stmt.where(where)
-            if limit is not None:
-                stmt = stmt.limit(limit - len(found))
-            found.extend(s.scalars(stmt))
+        for chunk in _chunks([int(i) for i in ids], BIND_CHUNK):
+            found.extend(s.scalars(self.ids_statement(collection_id, where, ids=chunk,
+                                                      limit=None if limit is None else limit - len(found))))
             if limit is not None and len(found) >= limit:
                 break
         return found
 
+    def ids_statement(self, collection_id: int, where, *, ids: Sequence[int] | None = None,
+                      limit: int | None = None):
+        """The SELECT of item ids that select_ids runs (at most BIND_CHUNK `ids`): a scan that starts from
+        the metadata index when the filter has joins and no ids are given, else a check of each row."""
+        flt = as_filter(where)
+        stmt = select(Item.id)
+        if ids is None and flt is not None and flt.joins:
+            stmt = stmt.select_from(Item)
+            for table, on in flt.joins:
+                stmt = stmt.join(table, on)
+            stmt = stmt.where(self.live(collection_id))
+            if flt.residual is not None:
+                stmt = stmt.where(flt.residual)
+            stmt = stmt.params({FILTER_COLLECTION: collection_id})
+        else:
+            stmt = stmt.where(self.live(collection_id, ids))
+            if flt is not None:
+                stmt = stmt.where(flt.condition)
+        return stmt if limit is None else stmt.limit(limit)
+
     def existing_uris(self, collection_id: int, uris: Sequence[str]) -> dict[str, tuple[int, str]]:
         """uri -> (id, sha256) for the live items among `uris`."""
-        out: dict[str, tuple[int, str]] = {}
         with self.session() as s:
-            for chunk in _chunks(list(uris), 900):
-                for i, uri, sha in s.execute(select(Item.id, Item.uri, Item.sha256)
-                                             .where(self.live(collection_id), Item.uri.in_(chunk))):
-                    out[uri] = (i, sha)
+            return self.live_by_uri(s, collection_id, uris)
+
+    def live_by_uri(self, session: Session, collection_id: int, uris: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """uri -> (id, sha256) for the live items among `uris`, inside the caller's session."""
+        out: dict[str, tuple[int, str]] = {}
+        for chunk in _chunks(list(dict.fromkeys(uris)), BIND_CHUNK):
+            for i, uri, sha in session.execute(select(Item.id, Item.uri, Item.sha256)
+                                               .where(self.live(collection_id), Item.uri.in_(chunk))):
+                out[uri] = (i, sha)
         return out
 
     def existing_shas(self, session: Session, collection_id: int, shas: Sequence[str]) -> dict[str, int]:
         """sha256 -> id for the live items among `shas`, inside the caller's (write) session."""
         out: dict[str, int] = {}
-        for chunk in _chunks(list(shas), 900):
+        for chunk in _chunks(list(dict.fromkeys(shas)), BIND_CHUNK):
             for i, sha in session.execute(select(Item.id, Item.sha256)
                                           .where(self.live(collection_id), Item.sha256.in_(chunk))):
                 out[sha] = i
@@ -423,43 +695,106 @@ class Catalog:
 
     def changes_since(self, collection_id: int, rev: int, *, chunk: int = 20000
                       ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-        """Rows changed after `rev`, in id order, as (ids, deleted flags, vectors (n, dim) float32, dim).
-        Deleted rows carry a zero vector. Streams in chunks so memory stays bounded."""
-        yield from self._scan(collection_id, Item.rev > rev, chunk)
+        """Rows changed after `rev` as (ids, deleted flags, vectors (n, dim) float32, dim), in chunks so memory
+        stays bounded (in (rev, id) order). Deleted rows carry a zero vector."""
+        last_rev, last = rev, -1
+        dim = self._dim(collection_id)
+        while True:
+            rows = self.read(_CHANGED_PAGE, {"cid": collection_id, "rev": rev, "after_rev": last_rev,
+                                             "after": last, "n": chunk})
+            if not rows:
+                return
+            last_rev, last = int(rows[-1][3]), int(rows[-1][0])
+            yield (*_unpack(rows, dim), dim)
 
     def all_live(self, collection_id: int, *, chunk: int = 20000
                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-        yield from self._scan(collection_id, Item.deleted == false(), chunk)
+        """Every live row, in id order, as changes_since yields them."""
+        last = -1
+        dim = self._dim(collection_id)
+        while True:
+            rows = self.read(_LIVE_PAGE, {"cid": collection_id, "after": last, "n": chunk})
+            if not rows:
+                return
+            last = int(rows[-1][0])
+            yield (*_unpack(rows, dim), dim)
 
-    def _scan(self, collection_id: int, cond, chunk: int):
+    def _dim(self, collection_id: int) -> int:
         with self.session() as s:
             dim = s.scalar(select(Collection.dim).where(Collection.id == collection_id))
-            if dim is None:
-                raise NotFound(f"collection id {collection_id} no longer exists")
-            last = -1
-            while True:
-                rows = s.execute(select(Item.id, Item.deleted, Item.vector)
-                                 .where(Item.collection_id == collection_id, cond, Item.id > last)
-                                 .order_by(Item.id).limit(chunk)).all()
-                if not rows:
-                    return
-                ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-                dead = np.fromiter((bool(r[1]) for r in rows), dtype=bool, count=len(rows))
-                vecs = np.zeros((len(rows), dim), dtype=np.float32)
-                for j, r in enumerate(rows):
-                    if not r[1]:
-                        vecs[j] = np.frombuffer(r[2], dtype="<f4")
-                last = int(ids[-1])
-                yield ids, dead, vecs, dim
+        if dim is None:
+            raise NotFound(f"collection id {collection_id} no longer exists")
+        return int(dim)
+
+    # ---- items: writes (inside `write()`) -------------------------------------------------------------------
+
+    def insert_items(self, s: Session, collection_id: int, rev: int, items: Sequence[NewItem],
+                     now: dt.datetime | None = None) -> np.ndarray:
+        """Insert new items with their vectors and metadata index rows; returns their ids (in order)."""
+        if not items:
+            return np.zeros(0, np.int64)
+        conn = s.connection()
+        ids = self._new_item_ids(conn, len(items))
+        stamp = self._datetime_param(now or utcnow())
+        dumps = json.dumps
+        pg = self.dialect == "postgresql"
+        deleted = False if pg else 0
+        _insert_rows(conn, self.dialect, "items",
+                     ("id", "collection_id", "uri", "sha256", "width", "height", "caption", "meta", "created",
+                      "updated", "deleted", "rev"),
+                     [(i, collection_id, it.uri, it.sha256, int(it.width), int(it.height), it.caption,
+                       dumps(it.meta or {}), stamp, stamp, deleted, rev) for i, it in zip(ids, items)])
+        _insert_rows(conn, self.dialect, "item_vectors", ("item_id", "vector"),
+                     [(i, it.vector) for i, it in zip(ids, items)])
+        self._index_meta(conn, collection_id, [(i, it.meta) for i, it in zip(ids, items)])
+        s.execute(update(Collection).where(Collection.id == collection_id)
+                  .values(live_count=Collection.live_count + len(items)))
+        return np.asarray(ids, dtype=np.int64)
+
+    def update_items(self, s: Session, collection_id: int, rev: int, changes: Sequence[tuple[int, NewItem]],
+                     now: dt.datetime | None = None) -> None:
+        """Replace live items in place (same ids): content, size, vector, and metadata / caption when given."""
+        if not changes:
+            return
+        conn = s.connection()
+        stamp = self._datetime_param(now or utcnow())
+        mark = "?" if self.dialect == "sqlite" else "%s"
+        conn.exec_driver_sql(
+            f"UPDATE items SET sha256 = {mark}, width = {mark}, height = {mark}, updated = {mark}, rev = {mark} "
+            f"WHERE id = {mark}",
+            [(it.sha256, int(it.width), int(it.height), stamp, rev, i) for i, it in changes])
+        with_meta = [(i, it.meta) for i, it in changes if it.meta is not None]
+        if with_meta:
+            conn.exec_driver_sql(f"UPDATE items SET meta = {mark} WHERE id = {mark}",
+                                 [(json.dumps(meta), i) for i, meta in with_meta])
+        with_caption = [(it.caption, i) for i, it in changes if it.caption is not None]
+        if with_caption:
+            conn.exec_driver_sql(f"UPDATE items SET caption = {mark} WHERE id = {mark}", with_caption)
+        conn.exec_driver_sql(f"UPDATE item_vectors SET vector = {mark} WHERE item_id = {mark}",
+                             [(it.vector, i) for i, it in changes])
+        if with_meta:
+            self._unindex_meta(conn, [i for i, _ in with_meta])
+            self._index_meta(conn, collection_id, with_meta)
+
+    def delete_items(self, s: Session, collection_id: int, rev: int, ids: Sequence[int]) -> None:
+        """Soft-delete live items of the collection (their vectors and metadata index rows go now)."""
+        conn = s.connection()
+        now = utcnow()
+        for chunk in _chunks([int(i) for i in ids], BIND_CHUNK):
+            s.execute(update(Item).where(Item.id.in_(chunk)).values(deleted=True, rev=rev, updated=now)
+                      .execution_options(synchronize_session=False))
+            s.execute(ItemVector.__table__.delete().where(ItemVector.item_id.in_(chunk)))
+            self._unindex_meta(conn, chunk)
+        s.execute(update(Collection).where(Collection.id == collection_id)
+                  .values(live_count=Collection.live_count - len(ids)))
 
     def delete_where(self, collection_id: int, where, *, ids: Sequence[int] | None = None) -> list[int]:
-        """Soft-delete the live items (among `ids`, when given) matching `where` (SQLAlchemy expression
-        over Item, or None). Returns their ids."""
-        with self.write(collection_id) as (s, rev):
+        """Soft-delete the live items (among `ids`, when given) matching `where` (an ItemFilter or an
+        SQLAlchemy condition over Item, or None). Returns their ids."""
+        with self.filter_errors(), self.write(collection_id) as (s, rev):
             ids = self._matching_ids(s, collection_id, where, ids)
-            for chunk in _chunks(ids, 900):
-                s.execute(update(Item).where(Item.id.in_(chunk))
-                          .values(deleted=True, vector=b"", rev=rev, updated=utcnow()))
+            if ids:
+                self.delete_items(s, collection_id, rev, ids)
         return ids
 
     def purge_deleted(self, collection_id: int, through_rev: int) -> int:
@@ -471,6 +806,67 @@ class Catalog:
                                                Collection.purged_rev < through_rev)
                       .values(purged_rev=through_rev))
             return res.rowcount or 0
+
+    def analyze(self) -> None:
+        """Refresh the query planner's statistics (after bulk writes): SQLite plans metadata and column
+        filters from them. Sampled on SQLite (analysis_limit), so it takes well under a second."""
+        with self.translate_errors():
+            with self.engine.begin() as conn:
+                if self.dialect == "sqlite":
+                    conn.exec_driver_sql("PRAGMA analysis_limit=2000")
+                    conn.exec_driver_sql("ANALYZE")
+                else:
+                    for table in ("items", "item_vectors", "meta_keys", "meta_num", "meta_str"):
+                        conn.exec_driver_sql(f"ANALYZE {table}")
+
+    def _new_item_ids(self, conn, n: int) -> list[int]:
+        if self.dialect == "sqlite":  # the write lock is held (Catalog.write bumped the revision first)
+            top = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM items").scalar()
+            return list(range(int(top) + 1, int(top) + 1 + n))
+        rows = conn.exec_driver_sql("SELECT nextval(pg_get_serial_sequence('items', 'id')) "
+                                    "FROM generate_series(1, %s)", (n,)).all()
+        return [int(r[0]) for r in rows]
+
+    def _datetime_param(self, value: dt.datetime):
+        process = Item.__table__.c.created.type.dialect_impl(self.engine.dialect).bind_processor(self.engine.dialect)
+        return process(value) if process else value
+
+    def _index_meta(self, conn, collection_id: int, metas: Sequence[tuple[int, dict | None]]) -> None:
+        """Metadata index rows for items (id, meta), creating keys the collection has not had before."""
+        sqlite = self.dialect == "sqlite"
+        entries = [(item_id, e) for item_id, meta in metas for e in meta_entries(meta, sqlite=sqlite)]
+        if not entries:
+            return
+        keys = self._key_ids(conn, collection_id, {(path, kind) for _, (path, kind, _) in entries})
+        nums = [(keys[(path, kind)], value, item_id) for item_id, (path, kind, value) in entries if kind != "s"]
+        strs = [(keys[(path, kind)], value, item_id) for item_id, (path, kind, value) in entries if kind == "s"]
+        if nums:
+            _insert_rows(conn, self.dialect, "meta_num", ("key_id", "value", "item_id"), nums)
+        if strs:
+            _insert_rows(conn, self.dialect, "meta_str", ("key_id", "value", "item_id"), strs)
+
+    def _unindex_meta(self, conn, item_ids: Sequence[int]) -> None:
+        for table in META_TABLES:
+            for chunk in _chunks([int(i) for i in item_ids], BIND_CHUNK):
+                conn.execute(table.__table__.delete().where(table.item_id.in_(chunk)))
+
+    def _key_ids(self, conn, collection_id: int, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """(path, kind) -> meta_keys id for the collection, inserting the missing ones (under the write lock)."""
+        def lookup(paths):
+            out = {}
+            for chunk in _chunks(sorted(paths), BIND_CHUNK):
+                for key_id, path, kind in conn.execute(select(MetaKey.id, MetaKey.path, MetaKey.kind).where(
+                        MetaKey.collection_id == collection_id, MetaKey.path.in_(chunk))):
+                    out[(path, kind)] = int(key_id)
+            return out
+
+        known = lookup({path for path, _ in wanted})
+        missing = sorted(wanted - set(known))
+        if missing:
+            conn.execute(MetaKey.__table__.insert(),
+                         [{"collection_id": collection_id, "path": path, "kind": kind} for path, kind in missing])
+            known.update(lookup({path for path, _ in missing}))
+        return known
 
     # ---- jobs ---------------------------------------------------------------------------------------------
 
@@ -506,6 +902,64 @@ class Catalog:
                     job.message = "the process ended without finishing (killed or crashed); rerun to resume"
                     stale.append(job)
         return stale
+
+
+def _unpack(rows: list[tuple], dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    dead = np.fromiter((bool(r[1]) or r[2] is None for r in rows), dtype=bool, count=len(rows))
+    vecs = np.zeros((len(rows), dim), dtype=np.float32)
+    live = np.flatnonzero(~dead)
+    if len(live):
+        vecs[live] = np.frombuffer(b"".join(rows[j][2] for j in live), dtype="<f4").reshape(len(live), dim)
+    return ids, dead, vecs
+
+
+def _insert_rows(conn, dialect: str, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
+    """Bulk insert: one executemany on SQLite, COPY on PostgreSQL (both on the caller's transaction)."""
+    if not rows:
+        return
+    names = ", ".join(columns)
+    if dialect == "sqlite":
+        conn.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})", rows)
+        return
+    raw = conn.connection.dbapi_connection
+    statement = f"COPY {table} ({names}) FROM STDIN"
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        with raw.cursor() as cur, cur.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except dbapi.Error as exc:  # as SQLAlchemy raises it, so an IntegrityError is one here too
+        raise DBAPIError.instance(statement, None, exc, dbapi.Error, dialect=conn.dialect) from None
+
+
+def _schema_version(row, where: str) -> int:
+    try:
+        return int(row or 0)
+    except ValueError:
+        raise CatalogError(f"catalog {where} records schema version {row!r}, which is not a number") from None
+
+
+def database_failure(exc: DBAPIError) -> str:
+    """A short description of a database failure for users: the driver's own text for SQLite (fixed
+    phrases such as "database disk image is malformed") and connection problems, the kind of error
+    otherwise. Never the statement or its parameters."""
+    orig = exc.orig
+    text = str(orig).strip().splitlines()[0][:200] if orig is not None and str(orig).strip() else ""
+    if exc.connection_invalidated or type(orig).__module__.startswith("sqlite3") or \
+            type(exc).__name__ == "OperationalError":
+        return text or type(orig).__name__
+    return f"the database refused a statement ({type(orig).__name__})"
+
+
+_TOO_COMPLEX = ("expression tree is too large", "parser stack overflow", "too many sql variables",
+                "too many terms", "stack depth limit exceeded", "too many arguments", "statement too complex",
+                "string or blob too big", "too many columns", "at most 64 tables", "out of memory")
+
+
+def _too_complex(exc: DBAPIError) -> bool:
+    text = str(exc.orig).lower()
+    return any(phrase in text for phrase in _TOO_COMPLEX)
 
 
 def check_collection_name(name: str) -> None:

@@ -47,6 +47,25 @@ def root_of(path: str, roots: Sequence[str]) -> str | None:
     return best
 
 
+def open_regular_file(path: str) -> int:
+    """A read-only descriptor of the regular file at `path`, opened without blocking (a FIFO, device or
+    folder there is InvalidInput, a missing file NotFound). The caller closes it."""
+    fd = _open(lambda: os.open(path, _READ_FLAGS), path)
+    try:
+        _check_regular(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_regular(fd: int, path: str) -> os.stat_result:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidInput(f"{path}: not a regular file ({_kind(st.st_mode)})")
+    return st
+
+
 def read_file(path: str, *, max_bytes: int, roots: Sequence[str] | None = None) -> bytes:
     """The bytes of the regular file at `path` (at most `max_bytes`, else TooLarge). With `roots`
     (normalised by normalize_roots), only a path under one of them, reached without following links."""
@@ -55,9 +74,7 @@ def read_file(path: str, *, max_bytes: int, roots: Sequence[str] | None = None) 
     else:
         fd = _open_under(path, roots)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InvalidInput(f"{path}: not a regular file ({_kind(st.st_mode)})")
+        st = _check_regular(fd, path)
         if st.st_size > max_bytes:
             raise TooLarge(f"{path}: {st.st_size} bytes is over the {_mib(max_bytes)} limit")
         chunks, size = [], 0

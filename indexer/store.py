@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmsearch.errors import Conflict, InvalidInput
-from indexer.catalog import Catalog, Collection, Item, ItemRow, database_url
+from indexer.catalog import Catalog, Collection, Item, ItemFilter, ItemRow, NewItem, as_filter, database_url
 from indexer.vectors import IndexFileError, IndexSpec, VectorIndex, normalize_rows
 
 log = logging.getLogger("mmsearch.indexer")
@@ -162,6 +162,8 @@ class Store:
             os.unlink(self.index_path(name))
         except FileNotFoundError:
             pass
+        except OSError as exc:  # e.g. a folder in its place: not ours to remove
+            log.warning("could not remove the index file of %s (%s)", name, exc.strerror or exc)
 
     def encoder_for(self, coll: "CollectionHandle | str", device: str = "cpu"):
         """The encoder a collection is bound to, loaded from its recorded name; Conflict if the weights found
@@ -253,72 +255,63 @@ class CollectionHandle:
     def write_rows(self, s, rev: int, rows: list[UpsertRow], *, replace_uri: bool
                    ) -> tuple[list[tuple[int, str]], np.ndarray, np.ndarray]:
         """Inside a `catalog.write` transaction: insert / replace rows. Returns ([(id, "added" | "updated" |
-        "duplicate")], ids written, their vectors) — the last two go to `apply_commit` after the commit."""
-        from sqlalchemy import select
-
-        from indexer.catalog import utcnow
-
+        "duplicate")], ids written, their vectors) — the last two go to `apply_commit` after the commit.
+        A row whose uri an earlier row of the batch wrote replaces that one."""
+        vectors = []
         for row in rows:
-            vec = np.asarray(row.vector, dtype=np.float32)
+            vec = np.asarray(row.vector, dtype="<f4")
             if vec.shape != (self.dim,) or not np.isfinite(vec).all():
                 raise InvalidInput(f"{row.uri}: vector must be {self.dim} finite floats, got shape {vec.shape}")
-        known_sha = self.catalog.existing_shas(s, self.id, [r.sha256 for r in rows])
-        by_uri: dict[str, Item] = {}
-        if replace_uri:
-            uris = [r.uri for r in rows]
-            for start in range(0, len(uris), 900):
-                for item in s.scalars(select(Item).where(self.catalog.live(self.id),
-                                                         Item.uri.in_(uris[start:start + 900]))):
-                    by_uri[item.uri] = item
-        now = utcnow()
-        outcome: list[tuple[Item | int, str]] = []
-        written: list[tuple[Item, np.ndarray]] = []
-        for r in rows:
-            vec = np.asarray(r.vector, dtype="<f4")
-            item = by_uri.get(r.uri)
-            holder = known_sha.get(r.sha256)
-            if holder is not None and (item is None or holder != item.id):
-                outcome.append((holder, "duplicate"))
+            vectors.append(vec)
+        catalog = self.catalog
+        # What a uri / a sha256 belongs to: ("id", item id) for stored items, ("new", i) for inserts[i].
+        owner = {sha: ("id", i) for sha, i in catalog.existing_shas(s, self.id, [r.sha256 for r in rows]).items()}
+        target = ({uri: ("id", i) for uri, (i, _) in catalog.live_by_uri(s, self.id, [r.uri for r in rows]).items()}
+                  if replace_uri else {})
+        inserts: list[NewItem] = []
+        updates: dict[int, NewItem] = {}
+        plan: list[tuple[tuple[str, int], str]] = []
+        for r, vec in zip(rows, vectors):
+            to, held = target.get(r.uri), owner.get(r.sha256)
+            if held is not None and held != to:
+                plan.append((held, "duplicate"))
                 continue
-            if item is not None:
-                item.sha256, item.width, item.height = r.sha256, int(r.width), int(r.height)
-                item.vector, item.updated, item.rev = vec.tobytes(), now, rev
-                if r.meta is not None:
-                    item.meta = r.meta
-                if r.caption is not None:
-                    item.caption = r.caption
-                outcome.append((item, "updated"))
+            item = NewItem(uri=r.uri, sha256=r.sha256, width=int(r.width), height=int(r.height),
+                           vector=vec.tobytes(), meta=r.meta, caption=r.caption)
+            if to is None:
+                to = target[r.uri] = ("new", len(inserts))
+                inserts.append(item)
+                plan.append((to, "added"))
             else:
-                item = Item(collection_id=self.id, uri=r.uri, sha256=r.sha256, width=int(r.width),
-                            height=int(r.height), caption=r.caption, meta=r.meta or {}, vector=vec.tobytes(),
-                            created=now, updated=now, deleted=False, rev=rev)
-                s.add(item)
-                by_uri[r.uri] = item
-                outcome.append((item, "added"))
-            known_sha[r.sha256] = -1  # a later row with the same content in this batch is a duplicate
-            written.append((item, vec))
-        s.flush()
-        for item, _ in written:
-            known_sha[item.sha256] = item.id
-        result = []
-        for r, (o, what) in zip(rows, outcome):
-            if what == "duplicate":  # o: the holder's id (-1: an earlier row of this batch, id known now)
-                result.append((o if o >= 0 else known_sha.get(r.sha256, -1), what))
-            else:
-                result.append((o.id, what))
-        ids = np.fromiter((item.id for item, _ in written), dtype=np.int64, count=len(written))
-        vecs = np.stack([v for _, v in written]) if written else np.zeros((0, self.dim), np.float32)
+                before = inserts[to[1]] if to[0] == "new" else updates.get(to[1])
+                if before is not None:  # written twice in one batch: metadata / caption not given are kept
+                    item.meta = before.meta if item.meta is None else item.meta
+                    item.caption = before.caption if item.caption is None else item.caption
+                if to[0] == "new":
+                    inserts[to[1]] = item
+                else:
+                    updates[to[1]] = item
+                plan.append((to, "updated"))
+            owner[r.sha256] = to  # the earlier content of a replaced item stays claimed within the batch
+        new_ids = catalog.insert_items(s, self.id, rev, inserts)
+        catalog.update_items(s, self.id, rev, list(updates.items()))
+        result = [(int(new_ids[ref]) if kind == "new" else ref, what) for (kind, ref), what in plan]
+        written = inserts + list(updates.values())
+        ids = np.concatenate([new_ids, np.fromiter(updates, dtype=np.int64, count=len(updates))])
+        vecs = (np.frombuffer(b"".join(it.vector for it in written), dtype="<f4").reshape(len(ids), self.dim)
+                .astype(np.float32) if written else np.zeros((0, self.dim), np.float32))
         return result, ids, vecs
 
     def delete(self, *, ids: Iterable[int] | None = None, uris: Iterable[str] | None = None, where=None) -> int:
-        """Soft-delete live items by id, by uri and/or by an SQLAlchemy expression over Item (all given
-        conditions must hold). Returns the number deleted; the open index is updated."""
+        """Soft-delete live items by id, by uri and/or by a filter (an ItemFilter from search/filters.py,
+        or an SQLAlchemy condition over Item); all given conditions must hold. Returns the number deleted;
+        the open index is updated."""
         if ids is None and uris is None and where is None:
             raise InvalidInput("delete: give ids, uris or a filter")
-        cond = None
-        for part in (Item.uri.in_(list(uris)) if uris is not None else None, where):
-            if part is not None:
-                cond = part if cond is None else cond & part
+        cond = as_filter(where)
+        if uris is not None:
+            by_uri = Item.uri.in_(list(uris))
+            cond = ItemFilter(condition=by_uri, residual=by_uri) if cond is None else cond.also(by_uri)
         removed = self.catalog.delete_where(self.id, cond, ids=None if ids is None else list(ids))
         if removed:
             self.refresh()  # the file catches up from the tombstones when next opened; saved on close
@@ -351,7 +344,7 @@ class CollectionHandle:
     def _open(self, rev: int, purged: int) -> VectorIndex:
         path = self.store.index_path(self.name)
         _remove_stale_temp_files(path)
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             log.info("index %s: no file, building from the catalog", path)
             return self._build(rev, save=True)
         try:
@@ -489,11 +482,18 @@ class CollectionHandle:
             self._save(self.refresh())
 
     def _save(self, index: VectorIndex) -> None:
+        """Write the index file. It is a cache: when the path cannot take it (a folder in its place, a full
+        disk) the index keeps serving from memory and is rebuilt from the catalog next time."""
+        path = self.store.index_path(self.name)
+        try:
+            index.save(path, {"collection_id": self.id, "collection_uid": self.row.uid, "collection": self.name,
+                              "encoder_digest": self.row.encoder_digest, "encoder_name": self.row.encoder_name,
+                              "shard": list(self.store.shard) if self.store.shard else None})
+        except OSError as exc:
+            log.warning("could not save the index of %s to %s (%s); serving it from memory, it is rebuilt "
+                        "from the catalog when next opened", self.name, path, exc.strerror or exc)
+            return
         self._saved_watermark = index.watermark
-        index.save(self.store.index_path(self.name),
-                   {"collection_id": self.id, "collection_uid": self.row.uid, "collection": self.name,
-                    "encoder_digest": self.row.encoder_digest, "encoder_name": self.row.encoder_name,
-                    "shard": list(self.store.shard) if self.store.shard else None})
 
 
 def _remove_stale_temp_files(path: str, age_s: float = 3600.0) -> None:

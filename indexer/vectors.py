@@ -37,10 +37,14 @@ import threading
 import zlib
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
 from mmsearch.errors import InvalidInput
+
+# faiss's loader reports at INFO which CPU build it tried ("Could not load library with AVX512 support"),
+# noise in every server log; its warnings still show.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+import faiss  # noqa: E402
 
 log = logging.getLogger("mmsearch.indexer")
 
@@ -362,14 +366,15 @@ class VectorIndex:
 
     @staticmethod
     def read_header(path: str) -> dict:
-        with open(path, "rb") as fh:
+        with _open_index_file(path) as fh:
             return _read_header(fh, path)
 
     @classmethod
     def load(cls, path: str) -> tuple["VectorIndex", dict]:
-        """(index, header). Raises IndexFileError when the file is missing pieces, corrupt or not ours."""
+        """(index, header). Raises IndexFileError when the file is missing pieces, corrupt or not ours
+        (or not a regular file: a FIFO or a folder in its place is unreadable, not a reason to wait)."""
         try:
-            with open(path, "rb") as fh:
+            with _open_index_file(path) as fh:
                 meta = _read_header(fh, path)
                 payload = fh.read(meta["payload_len"])
                 dead = fh.read(meta["dead_len"])
@@ -391,6 +396,19 @@ class VectorIndex:
         if spec.kind == "ivf" and "nprobe" in meta:
             vi.index.nprobe = meta["nprobe"]
         return vi, meta
+
+
+def _open_index_file(path: str):
+    """The index file opened for reading: non-blocking and regular files only (indexer/files.py)."""
+    from indexer.files import open_regular_file
+    from mmsearch.errors import MMSearchError
+
+    try:
+        fd = open_regular_file(path)
+    except MMSearchError as exc:
+        raise IndexFileError(str(exc)) from None
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def _read_header(fh, path: str) -> dict:

@@ -113,6 +113,24 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from indexer.catalog import SCHEMA_VERSION, Catalog, database_url
+    from indexer.catalog_upgrade import vacuum
+
+    catalog = Catalog(database_url(args.data_dir, args.db), create=False)
+    try:
+        if catalog.upgraded_from is None:
+            print(f"catalog {catalog.where}: schema version {SCHEMA_VERSION}, nothing to upgrade")
+        else:
+            print(f"catalog {catalog.where}: upgraded from schema version {catalog.upgraded_from} to {SCHEMA_VERSION}")
+        if args.vacuum:
+            before, after = vacuum(catalog)
+            print(f"vacuumed: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB")
+    finally:
+        catalog.close()
+    return 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         catalog = store.catalog
@@ -351,6 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", help="filter expression, e.g. 'meta.split = \"test\"'")
     data_args(p)
     p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("migrate", help="upgrade a catalog written by an older mmsearch in place (opening it "
+                       "does the same); --vacuum then compacts a SQLite file")
+    p.add_argument("--vacuum", action="store_true", help="rewrite the SQLite file compactly afterwards (needs free "
+                   "disk about its size and no other process using it)")
+    data_args(p)
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("jobs", help="list indexing jobs and their errors")
     p.add_argument("--collection")

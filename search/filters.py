@@ -22,6 +22,11 @@ booleans support only = and !=; `created` / `updated` compare with ISO-8601 stri
 
 Every literal becomes a bound parameter; nothing from the filter text is ever spliced into SQL. Errors
 are `FilterError` (an `InvalidInput`) naming the 1-based column where the text stops making sense.
+
+Whatever parses also runs on SQLite and PostgreSQL: filters are at most MAX_FILTER_CHARS long, nest at most
+MAX_DEPTH levels (SQLite's parser overflows at about 40 levels of parentheses), IN lists hold at most
+MAX_IN_VALUES values and become one SQL IN per kind of value, and long AND / OR chains are split into
+groups of CHAIN terms (SQLite makes a chain into an expression tree as deep as the chain, at most 1000).
 """
 
 from __future__ import annotations
@@ -32,19 +37,27 @@ import re
 from dataclasses import dataclass
 from typing import Union
 
-from sqlalchemy import and_, case, false, func, literal, not_, or_, true, type_coerce
+from sqlalchemy import BigInteger, Boolean, Numeric, and_, bindparam, case, cast, exists, false, func, literal, not_, or_, select, true
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from mmsearch.errors import InvalidInput
+from indexer.catalog import FILTER_COLLECTION, STRING_PREFIX, ItemFilter, MetaKey, MetaNum, MetaStr
 
 MAX_FILTER_CHARS = 8192
-MAX_DEPTH = 64        # nesting of parentheses / NOT, so a hostile filter cannot exhaust the stack
+MAX_DEPTH = 24        # nesting of parentheses / NOT: SQLite's parser (a fixed 100-slot stack before 3.46)
+                      # stops at about 40 levels of parentheses, and the SQL adds some of its own
 MAX_IN_VALUES = 1024
+CHAIN = 64            # AND / OR terms per SQL chain: longer ones are split into parenthesized groups, since
+                      # SQLite parses a chain into a tree as deep as the chain (its limit: depth 1000)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # Built-in columns: name -> kind of literal they compare with.
 COLUMNS = {"id": "int", "uri": "str", "sha256": "str", "width": "int", "height": "int", "caption": "str",
            "created": "time", "updated": "time"}
+NULLABLE = {"caption"}  # the other columns always hold a value
 OPS = ("=", "!=", "<", "<=", ">", ">=")
 KEYWORDS = {"and", "or", "not", "in", "true", "false"}
 
@@ -186,6 +199,8 @@ def tokenize(text: str) -> list[Token]:
                 raise FilterError("a number runs into a name; put a space or operator between them", end, text)
             raw = m.group()
             if re.fullmatch(r"[+-]?\d+", raw):
+                if len(raw.lstrip("+-").lstrip("0")) > 19:  # before int(): it refuses over 4300 digits
+                    raise FilterError("integer out of the 64-bit range", i, text)
                 value: int | float = int(raw)
                 if not INT64_MIN <= value <= INT64_MAX:
                     raise FilterError("integer out of the 64-bit range", i, text)
@@ -389,72 +404,206 @@ def _kind(value) -> str:
     return "number" if isinstance(value, (int, float)) else "str"
 
 
+# The metadata index (indexer/catalog.py) keeps numbers and booleans in meta_num, strings in meta_str.
+_TABLES = {"number": (MetaNum, "n"), "bool": (MetaNum, "b"), "str": (MetaStr, "s")}
+_PREFIX = STRING_PREFIX
+_JOINS_MAX = 4  # metadata terms of a top-level AND that may drive a scan; the rest are checked per row
+
+
 class _SQL:
-    """Turns an AST into a SQLAlchemy boolean expression over `model` for one database dialect."""
+    """Turns an AST into SQL over `model` (catalog.Item) for one database dialect: each comparison as a
+    condition on one item (metadata terms: an EXISTS lookup in the metadata index by item id), and the
+    metadata terms of a top-level AND also as joins that can start a scan from the index."""
 
     def __init__(self, model, dialect: str):
         if dialect not in ("sqlite", "postgresql"):
             raise InvalidInput(f"filters need SQLite or PostgreSQL, not {dialect}")
         self.model = model
         self.dialect = dialect
+        self.aliases = 0
+
+    def item_filter(self, node: Node) -> ItemFilter:
+        condition = self.node(node)
+        terms = list(node.operands) if isinstance(node, BoolOp) and node.op == "AND" else [node]
+        joins, rest = [], []
+        for term in terms:
+            join = self.join(term) if len(joins) < _JOINS_MAX else None
+            if join is None:
+                rest.append(self.node(term))
+                continue
+            (table, on), exact = join
+            joins.append((table, on))
+            if not exact:
+                rest.append(self.node(term))
+        residual = _chain("AND", rest) if rest else None
+        return ItemFilter(condition=condition, joins=tuple(joins), residual=residual)
+
+    # -- conditions on one item --
 
     def node(self, node: Node):
         if isinstance(node, BoolOp):
-            parts = [self.node(o) for o in node.operands]
-            return and_(*parts) if node.op == "AND" else or_(*parts)
+            return _chain(node.op, [self.node(o) for o in node.operands])
         if isinstance(node, Not):
-            return not_(self.node(node.operand))
+            if isinstance(node.operand, Not):  # conditions are never NULL, so NOT NOT x is x
+                return self.node(node.operand.operand)
+            return not_(Grouping(self.node(node.operand)))
         if isinstance(node, In):
-            matches = or_(*(self.compare(node.field, "=", lit.value) for lit in node.values))
+            matches = self.member(node.field, [lit.value for lit in node.values])
             return not_(matches) if node.negated else matches
         return self.compare(node.field, node.op, node.value.value)
 
     def compare(self, field: Field, op: str, value):
         if field.keys:
-            return self.meta_compare(field.keys, op, value)
+            return Grouping(self.meta_compare(field.keys, op, value))
         column = getattr(self.model, field.name)
         if COLUMNS[field.name] == "time":
             value = dt.datetime.fromisoformat(value)
-        # Never NULL: a missing value makes the comparison false, so NOT stays a plain negation.
-        return and_(column.is_not(None), _apply(column, op, value))
+        if COLUMNS[field.name] == "str" and op in ("<", "<=", ">", ">=") and self.dialect == "postgresql":
+            column = column.collate("C")  # by code point, whatever the database's locale
+        condition = _apply(column, op, value)
+        if field.name in NULLABLE:
+            # Never NULL: a missing value makes the comparison false, so NOT stays a plain negation.
+            condition = and_(getattr(self.model, field.name).is_not(None), condition)
+        return Grouping(condition)
+
+    def member(self, field: Field, values: list):
+        """`field IN (values)` as one IN per kind of value, not a chain of equalities."""
+        if not field.keys:
+            column = getattr(self.model, field.name)
+            if COLUMNS[field.name] == "time":
+                values = [dt.datetime.fromisoformat(v) for v in values]
+            condition = column.in_([literal(v) for v in values])
+            if field.name in NULLABLE:
+                condition = and_(column.is_not(None), condition)
+            return Grouping(condition)
+        by_kind: dict[str, list] = {}
+        for v in values:
+            by_kind.setdefault(_kind(v), []).append(v)
+        parts = []
+        for kind, vs in by_kind.items():
+            long = [v for v in vs if kind == "str" and len(v) >= _PREFIX]
+            short = [v for v in vs if v not in long] if long else vs
+            if short:
+                parts.append(Grouping(self.meta_exists(field.keys, kind, lambda col, vs=short, kind=kind:
+                                                       col.in_([self.param(v, kind) for v in vs]))))
+            parts.extend(Grouping(self.meta_compare(field.keys, "=", v)) for v in long)
+        return parts[0] if len(parts) == 1 else _chain("OR", parts)
 
     def meta_compare(self, keys: tuple[str, ...], op: str, value):
-        meta = self.model.meta
         kind = _kind(value)
+        if kind == "bool":  # = true / != false: holds true; = false / != true: holds false
+            return self.meta_exists(keys, "bool", lambda col: col == literal(1 if value == (op == "=") else 0))
+        if kind == "str" and len(value) >= _PREFIX:
+            # Index rows hold the first _PREFIX characters: a row equal to the literal's prefix may be a cut
+            # string, decided from the item's JSON; every other row is decided by its prefix alone.
+            head = literal(value[:_PREFIX])
+            return self.meta_exists(keys, kind, lambda col: or_(
+                and_(col != head, _apply(col, op, value)),
+                and_(col == head, self.json_compare(keys, op, value))))
+        return self.meta_exists(keys, kind, lambda col: _apply(col, op, self.param(value, kind)))
+
+    def meta_exists(self, keys: tuple[str, ...], kind: str, value_condition):
+        table, code = _TABLES[kind]
+        found = exists().where(table.item_id == self.model.id,
+                               table.key_id == self.key_id(keys, code, self.model.collection_id),
+                               value_condition(table.value))
+        return found.is_(true()) if self.dialect == "postgresql" else found
+
+    def key_id(self, keys: tuple[str, ...], code: str, collection_id):
+        """The id of the collection's key (one value: SQLite then plans `key_id = ? AND value ...` as the
+        index range it is, where an IN list of keys counts as 25 ranges and loses to a scan)."""
+        return (select(MetaKey.id).where(MetaKey.collection_id == collection_id, MetaKey.path == literal(".".join(keys)),
+                                         MetaKey.kind == literal(code))
+                .correlate_except(MetaKey).scalar_subquery())  # items: the row of the enclosing query
+
+    def param(self, value, kind: str):
+        if kind == "bool":
+            value = 1 if value else 0
+        if kind != "str" and self.dialect == "postgresql":
+            return cast(literal(value), Numeric)  # a numeric parameter: comparing as float8 skips the index
+        return literal(value)
+
+    def json_compare(self, keys: tuple[str, ...], op: str, value: str):
+        """`meta.keys OP value` for a string, from the item's JSON (long strings only)."""
+        meta = self.model.meta
         if self.dialect == "sqlite":
             path = literal("$" + "".join(f'."{k}"' for k in keys))
-            json_type = func.json_type(meta, path)
-            raw = func.json_extract(meta, path)
+            return case((func.json_type(meta, path) == literal("text"),
+                         _apply(func.json_extract(meta, path), op, value)), else_=false())
+        node = meta[keys]
+        typeof = func.jsonb_typeof if _is_jsonb(meta) else func.json_typeof
+        return case((typeof(node) == literal("string"), _apply(node.as_string().collate("C"), op, value)),
+                    else_=false())
+
+    # -- joins that start a scan from the metadata index --
+
+    def join(self, node: Node):
+        """((table, ON clause), exact) for a metadata comparison whose matches an index range can list, or
+        None. `exact`: the ON clause alone decides the comparison (else it only narrows the rows)."""
+        if isinstance(node, Compare) and node.field.keys and node.op != "!=":
+            value, kind = node.value.value, _kind(node.value.value)
+            if kind == "bool" and node.op != "=":
+                return None
             if kind == "bool":
-                return func.coalesce(json_type == literal("true" if (value == (op == "=")) else "false"), False)
-            guard = json_type.in_([literal("integer"), literal("real")]) if kind == "number" else json_type == literal("text")
-            extracted = raw
-        else:
-            node = meta[keys]
-            jsonb = _is_jsonb(meta)
-            json_type = (func.jsonb_typeof if jsonb else func.json_typeof)(node)
+                return self.joined(node.field.keys, kind, lambda col: col == literal(1 if value else 0)), True
+            if kind == "str" and len(value) >= _PREFIX:
+                head = value[:_PREFIX]
+                narrow = {"=": lambda col: col == literal(head), "<": lambda col: col < literal(value),
+                          "<=": lambda col: col <= literal(value), ">": lambda col: col >= literal(head),
+                          ">=": lambda col: col >= literal(head)}[node.op]
+                return self.joined(node.field.keys, kind, narrow), False
+            return self.joined(node.field.keys, kind, lambda col: _apply(col, node.op, self.param(value, kind))), True
+        if isinstance(node, In) and node.field.keys and not node.negated:
+            values = [lit.value for lit in node.values]
+            kinds = {_kind(v) for v in values}
+            if len(kinds) != 1 or any(isinstance(v, str) and len(v) >= _PREFIX for v in values):
+                return None
+            (kind,) = kinds
             if kind == "bool":
-                condition = func.coalesce(and_(json_type == literal("boolean"),
-                                               node.as_string() == literal("true" if (value == (op == "=")) else "false")),
-                                          False)
-            else:
-                guard = json_type == literal("number" if kind == "number" else "string")
-                extracted = node.as_float() if kind == "number" else node.as_string()
-                condition = case((guard, _apply(extracted, op, value)), else_=false())
-            if jsonb and op == "=":
-                # Implied by the condition (equal JSON values at that path), and answerable from the GIN
-                # index on meta, so a selective equality or IN filter does not read the whole collection.
-                contained: object = value
-                for key in reversed(keys):
-                    contained = {key: contained}
-                return and_(type_coerce(meta, postgresql.JSONB()).contains(contained), condition)
-            return condition
-        # CASE keeps the cast from ever seeing a value of another type (PostgreSQL would raise).
-        return case((guard, _apply(extracted, op, value)), else_=false())
+                return self.joined(node.field.keys, kind, lambda col: col.in_(
+                    [literal(1 if v else 0) for v in values])), True
+            return self.joined(node.field.keys, kind, lambda col: col.in_([self.param(v, kind) for v in values])), True
+        return None
+
+    def joined(self, keys: tuple[str, ...], kind: str, value_condition):
+        table, code = _TABLES[kind]
+        self.aliases += 1
+        alias = table.__table__.alias(f"mj{self.aliases}")
+        # the scan starts here, before any item row is read: the collection comes as a parameter
+        on = and_(alias.c.item_id == self.model.id,
+                  alias.c.key_id == self.key_id(keys, code, bindparam(FILTER_COLLECTION, type_=BigInteger())),
+                  value_condition(alias.c.value))
+        return alias, on
+
+
+class Grouping(ColumnElement):
+    """A boolean in parentheses that SQLAlchemy keeps as one term: its own grouping is flattened back into
+    an enclosing AND / OR chain of the same operator, which is what makes chains long."""
+
+    type = Boolean()
+    inherit_cache = True
+    _is_implicitly_boolean = True  # so SQLite's WHERE does not compare it with 1 (which hides it from indexes)
+    _traverse_internals = [("clause", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, clause):
+        self.clause = clause
+
+
+@compiles(Grouping)
+def _render_grouping(element, compiler, **kw):
+    return "(" + compiler.process(element.clause, **kw) + ")"
+
+
+def _chain(op: str, parts: list):
+    """AND / OR of `parts`, split into parenthesized groups of at most CHAIN terms."""
+    join = and_ if op == "AND" else or_
+    while len(parts) > CHAIN:
+        parts = [Grouping(join(*parts[i:i + CHAIN])) for i in range(0, len(parts), CHAIN)]
+    return parts[0] if len(parts) == 1 else Grouping(join(*parts))
 
 
 def _apply(expr, op: str, value):
-    value = literal(value)
+    value = value if isinstance(value, ColumnElement) else literal(value)
     return {"=": expr == value, "!=": expr != value, "<": expr < value, "<=": expr <= value,
             ">": expr > value, ">=": expr >= value}[op]
 
@@ -465,10 +614,11 @@ def _is_jsonb(column) -> bool:
 
 
 def to_sql(node: Node | None, model, dialect: str = "sqlite"):
-    """The SQLAlchemy condition for `node` over the item model; `true()` for no filter."""
+    """The filter as SQL over the item model (catalog.Item): an ItemFilter, usable as a plain SQLAlchemy
+    condition and by Catalog.select_ids / delete_where, which also use its joins; `true()` for no filter."""
     if node is None:
         return true()
-    return _SQL(model, dialect).node(node)
+    return _SQL(model, dialect).item_filter(node)
 
 
 def compile_filter(text: str, model, dialect: str = "sqlite"):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexer.catalog import Item
+from indexer.catalog import NewItem
 
 
 @dataclass
@@ -30,19 +30,16 @@ def clustered(n: int, dim: int, *, clusters: int = 20, seed: int = 0, spread: fl
 
 
 def add_rows(handle, vectors: np.ndarray, *, meta=None, start: int = 0) -> np.ndarray:
-    """Insert one catalog item per vector (as a job would) and return their ids; the index is not touched."""
-    ids = []
+    """Insert one catalog item per vector (as another process's job would) and return their ids; the open
+    index is not touched."""
+    items = []
+    for i, v in enumerate(vectors):
+        tag = f"{start + i}"
+        items.append(NewItem(uri=f"mem://{tag}", sha256=hashlib.sha256(tag.encode()).hexdigest(), width=1,
+                             height=1, meta=(meta(start + i) if meta else {"n": start + i}),
+                             vector=np.asarray(v, "<f4").tobytes()))
     with handle.catalog.write(handle.id) as (s, rev):
-        rows = []
-        for i, v in enumerate(vectors):
-            tag = f"{start + i}"
-            rows.append(Item(collection_id=handle.id, uri=f"mem://{tag}", sha256=hashlib.sha256(tag.encode()).hexdigest(),
-                             width=1, height=1, meta=(meta(start + i) if meta else {"n": start + i}),
-                             vector=np.asarray(v, "<f4").tobytes(), rev=rev))
-        s.add_all(rows)
-        s.flush()
-        ids = [r.id for r in rows]
-    return np.asarray(ids, dtype=np.int64)
+        return handle.catalog.insert_items(s, handle.id, rev, items)
 
 
 def brute_force(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -325,3 +325,39 @@ def test_upsert_replaces_by_uri_and_refuses_duplicate_content(store):
     assert_index_matches_catalog(coll)
     with pytest.raises(InvalidInput, match="finite"):
         coll.upsert([UpsertRow(uri="bad", sha256="e" * 64, width=1, height=1, vector=np.full(DIM, np.nan))])
+
+
+@pytest.mark.parametrize("occupant", ["fifo", "folder"])
+def test_a_fifo_or_folder_at_the_index_path_is_an_unreadable_index(store, occupant, caplog):
+    """Opening must not block on a FIFO (or crash on a folder): the index is rebuilt from the catalog; the
+    FIFO is replaced by the saved file, a folder (not ours to remove) is left and the index serves from
+    memory with a warning."""
+    import threading
+
+    coll = _collection(store)
+    x = clustered(100, DIM, seed=15)
+    ids = add_rows(coll, x)
+    path = store.index_path("c")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.mkfifo(path) if occupant == "fifo" else os.mkdir(path)
+    result = {}
+
+    def query():
+        with _reopen(store) as other:
+            result["hit"] = other.collection("c").search(x[4], k=1)[0][0].id
+            other.collection("c").save_index()
+    worker = threading.Thread(target=query, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    if worker.is_alive():  # unblock the reader so the test run can end, then fail
+        with open(path, "wb"):
+            pass
+        pytest.fail("opening the collection blocked on the FIFO at its index path")
+    assert result["hit"] == ids[4]
+    if occupant == "fifo":
+        VectorIndex.load(path)  # a regular, readable index file now
+    else:
+        assert os.path.isdir(path) and "serving it from memory" in caplog.text
+    with _reopen(store) as other:  # and again: still answers
+        assert other.collection("c").search(x[7], k=1)[0][0].id == ids[7]
+        other.drop_collection("c")
