@@ -19,8 +19,6 @@ number of items.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
@@ -35,15 +33,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import update
 
-from mmsearch.errors import InvalidInput, MMSearchError, NothingIndexed
-from encoders.preprocess import DEFAULT_MAX_PIXELS, load_image
+from mmsearch.errors import InvalidInput, NothingIndexed
+from encoders.preprocess import DEFAULT_MAX_PIXELS
 from indexer.catalog import Job, JobError, utcnow
-from indexer.sources import SourceItem, check_paths, count_paths, iter_objects, iter_paths
+from indexer.ingest import Ingest, Record, SourceItem, failure_reason, store_thumbnail
+from indexer.sources import check_paths, count_paths, iter_objects, iter_paths
 from indexer.store import CollectionHandle, Store, UpsertRow
 
 log = logging.getLogger("mmsearch.indexer")
-
-CAPTION_THUMB = 512  # images handed to the captioner are at most this many pixels on a side
 
 
 @dataclass
@@ -56,6 +53,7 @@ class JobOptions:
     max_bytes: int = 256 * 1024 * 1024
     progress: bool = False
     save_every_s: float = 60.0  # how often the index file is rewritten while a job runs
+    thumbnails: bool = True  # write each new item's thumbnail (DATA_DIR/thumbs) for the search page
 
     def check(self) -> None:
         if not 0 <= self.workers <= 256:
@@ -86,72 +84,30 @@ class JobResult:
         return (self.added + self.updated) / self.elapsed_s if self.elapsed_s else 0.0
 
 
-@dataclass
-class Decoded:
-    """A decoded, preprocessed image on its way to the encoder."""
-
-    uri: str
-    sha256: str
-    width: int
-    height: int
-    pixels: np.ndarray  # (3, H, W) float32
-    meta: dict
-    thumb: object = None  # small RGB PIL image for the captioner
-    vector: np.ndarray | None = None
-    caption: str | None = None
-
-
 # ---- the worker half ----------------------------------------------------------------------------------------
 
 
-def decode_item(item: SourceItem, preprocessor, max_pixels: int | None, max_bytes: int, want_thumb: bool):
-    """Read, hash, decode and preprocess one input: ("ok", Decoded) or ("err", uri, reason)."""
+def decode_item(item: SourceItem, ingest: Ingest):
+    """Read, hash, decode and preprocess one input (indexer/ingest.py): ("ok", Record, cpu seconds) or
+    ("err", uri, reason)."""
     if item.error:
         return ("err", item.uri, item.error)
     t0 = time.process_time()
     try:
-        if item.data is not None:
-            data = item.data
-        else:
-            with open(item.path, "rb") as fh:
-                data = fh.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            return ("err", item.uri, f"file is larger than the {max_bytes // (1024 * 1024)} MiB limit")
-        sha = hashlib.sha256(data).hexdigest()
-        uri = item.uri or f"sha256:{sha}"
-        image = load_image(data, max_pixels=max_pixels, draft_size=getattr(preprocessor, "draft_size", None))
-        width, height = _original_size(data, image)
-        pixels = preprocessor([image])[0].numpy()
-        thumb = None
-        if want_thumb:
-            thumb = image.copy()
-            thumb.thumbnail((CAPTION_THUMB, CAPTION_THUMB))
-        return ("ok", Decoded(uri, sha, width, height, pixels, item.meta, thumb), time.process_time() - t0)
-    except MMSearchError as exc:  # ImageError / TooLarge from the loader: message says why
-        return ("err", item.uri, _strip_label(str(exc)))
-    except OSError as exc:
-        return ("err", item.uri, f"unreadable ({exc.strerror or exc})")
-    except Exception as exc:  # a decoder bug on one file must not stop the job
-        return ("err", item.uri, f"decoder failed ({type(exc).__name__}: {exc})")
+        return ("ok", ingest(item), time.process_time() - t0)
+    except Exception as exc:  # one bad file is recorded, the job goes on
+        return ("err", item.uri, failure_reason(exc, item))
 
 
-def _strip_label(message: str) -> str:
-    return message.split(": ", 1)[1] if message.startswith("image bytes: ") else message
+def job_ingest(encoder, options: "JobOptions", captioner=None) -> Ingest:
+    """How a bulk job reads its items: any path it was given, decoded for the encoder's preprocessor."""
+    prep = encoder.image_preprocessor
+    return Ingest(max_bytes=options.max_bytes, max_pixels=options.max_pixels, draft_size=prep.draft_size,
+                  preprocessor=prep, thumbnails=options.thumbnails, keep_image=captioner is not None,
+                  caption_size=True)
 
 
-def _original_size(data: bytes, decoded) -> tuple[int, int]:
-    """Width and height of the full-resolution image after EXIF rotation (draft decoding shrinks `decoded`)."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        w, h = im.size
-        if im.format != "JPEG" or decoded.size in ((w, h), (h, w)):
-            return decoded.size
-        orientation = im.getexif().get(0x0112, 1)
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-
-
-def _worker(task_q, conn, preprocessor, max_pixels, max_bytes, want_thumb, parent_pid):
+def _worker(task_q, conn, ingest, parent_pid):
     """Decode loop. Results go back over this worker's own pipe with a blocking send: a result is either
     wholly received or, if this process dies, the main process reads end-of-file (never half a message)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
@@ -175,7 +131,7 @@ def _worker(task_q, conn, preprocessor, max_pixels, max_bytes, want_thumb, paren
                 conn.close()
                 return
             seq, item = task
-            conn.send((seq,) + decode_item(item, preprocessor, max_pixels, max_bytes, want_thumb))
+            conn.send((seq,) + decode_item(item, ingest))
     except (BrokenPipeError, EOFError, OSError):
         os._exit(0)  # the main process is gone
 
@@ -246,8 +202,9 @@ class _Runner:
         self.job_id = job_id
         self.total = total
         self.result = JobResult(job_id=job_id, state="running")
-        self.decoded: list[Decoded] = []  # waiting for the encoder
-        self.encoded: list[Decoded] = []  # waiting for the commit
+        self.ingest = job_ingest(encoder, options, captioner)
+        self.decoded: list[Record] = []  # waiting for the encoder
+        self.encoded: list[Record] = []  # waiting for the commit
         self.errors: list[tuple[str, str]] = []
         self.pending_counts = dict(seen=0, skipped=0)
         self.pending_decode_s = 0.0
@@ -332,11 +289,9 @@ class _Runner:
         yield from drain()
 
     def _inline(self, items):
-        want_thumb = self.captioner is not None
-        prep = self.encoder.image_preprocessor
         for ev in self._plan(items):
             if ev[0] == "task":
-                yield decode_item(ev[1], prep, self.opt.max_pixels, self.opt.max_bytes, want_thumb)
+                yield decode_item(ev[1], self.ingest)
             else:
                 yield ev
 
@@ -344,8 +299,7 @@ class _Runner:
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         n = self.opt.workers
         task_q = ctx.Queue(maxsize=4 * n)
-        common = (self.encoder.image_preprocessor, self.opt.max_pixels, self.opt.max_bytes,
-                  self.captioner is not None, os.getpid())
+        common = (self.ingest, os.getpid())
         readers: dict = {}  # result pipe -> its process
 
         def start_worker(i: int) -> None:
@@ -469,11 +423,11 @@ class _Runner:
         t0 = time.perf_counter()
         vecs = self.encoder.encode_pixels(torch.from_numpy(np.stack([d.pixels for d in fresh])))
         if self.captioner is not None:
-            for d, text in zip(fresh, self.captioner.caption([d.thumb for d in fresh])):
+            for d, text in zip(fresh, self.captioner.caption([d.image for d in fresh])):
                 d.caption = text
         self.pending_encode_s += time.perf_counter() - t0
         for d, v in zip(fresh, vecs):
-            d.pixels, d.thumb = None, None  # free the big arrays now
+            d.pixels, d.image = None, None  # free the big arrays now
             if np.isfinite(v).all():
                 d.vector = np.ascontiguousarray(v, dtype="<f4")
                 self.encoded.append(d)
@@ -497,6 +451,8 @@ class _Runner:
         counts = dict(self.pending_counts)
         if not batch and not errors and not counts["seen"]:
             return
+        for d in batch:  # before the commit, so a committed item has its thumbnail (an orphan one is harmless)
+            store_thumbnail(self.handle.store.media_dir, d)
         rows = [UpsertRow(uri=d.uri, sha256=d.sha256, width=d.width, height=d.height, vector=d.vector,
                           meta=d.meta or None, caption=d.caption) for d in batch]
         with self.catalog.write(self.handle.id) as (s, rev):
