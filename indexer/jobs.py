@@ -151,13 +151,15 @@ def _die_with_parent() -> None:
 
 
 def index_paths(store: Store, collection: str, encoder, paths: Iterable[str], options: JobOptions | None = None,
-                *, captioner=None, index_spec: str | None = None) -> JobResult:
-    """Index folders, image files and manifests into `collection` (created and bound to `encoder` if new)."""
+                *, captioner=None, index_spec: str | None = None, engine=None) -> JobResult:
+    """Index folders, image files and manifests into `collection` (created and bound to `encoder` if new).
+    `engine`: None runs here (decode processes + this process's encoder); an indexer.ray_job.RayOptions runs
+    the decoding and encoding on a Ray cluster, with the same commits from here."""
     paths = check_paths(paths)
     options = options or JobOptions()
     total = count_paths(paths) if options.progress else None
     return run_job(store, collection, encoder, iter_paths(paths), options, sources=paths, total=total,
-                   captioner=captioner, index_spec=index_spec)
+                   captioner=captioner, index_spec=index_spec, engine=engine)
 
 
 def index_objects(store: Store, collection: str, encoder, objects: Iterable, options: JobOptions | None = None,
@@ -170,15 +172,27 @@ def index_objects(store: Store, collection: str, encoder, objects: Iterable, opt
 
 
 def run_job(store: Store, collection: str, encoder, items: Iterator[SourceItem], options: JobOptions, *,
-            sources: list[str], total: int | None = None, captioner=None, index_spec: str | None = None
-            ) -> JobResult:
+            sources: list[str], total: int | None = None, captioner=None, index_spec: str | None = None,
+            engine=None) -> JobResult:
     options.check()
-    handle = store.open_or_create(collection, encoder, index_spec)
-    job_id = _start_job(handle, sources, options, captioner)
-    return _Runner(handle, encoder, captioner, options, job_id, total).run(items)
+    ray_engine = None
+    if engine is not None:
+        from indexer.ray_job import RayEngine
+
+        if captioner is not None:
+            raise InvalidInput("captions (--caption) are not made by Ray jobs yet: run the job without --engine ray")
+        ray_engine = RayEngine(engine)
+        ray_engine.connect(store.catalog)  # refusals (no Ray, SQLite over a cluster) before anything is written
+    try:
+        handle = store.open_or_create(collection, encoder, index_spec)
+        job_id = _start_job(handle, sources, options, captioner, engine)
+        return _Runner(handle, encoder, captioner, options, job_id, total, ray_engine).run(items)
+    finally:
+        if ray_engine is not None:
+            ray_engine.close()
 
 
-def _start_job(handle: CollectionHandle, sources: list[str], options: JobOptions, captioner) -> int:
+def _start_job(handle: CollectionHandle, sources: list[str], options: JobOptions, captioner, engine=None) -> int:
     catalog = handle.catalog
     catalog.mark_stale_jobs(handle.id)
     unfinished = [j for j in catalog.list_jobs(handle.id, limit=20) if j.state != "done" and j.sources == sources]
@@ -188,7 +202,8 @@ def _start_job(handle: CollectionHandle, sources: list[str], options: JobOptions
                   options={"workers": options.workers, "batch_size": options.batch_size,
                            "commit_every": options.commit_every, "update": options.update,
                            "max_pixels": options.max_pixels,
-                           "caption_model": getattr(captioner, "name", None)})
+                           "caption_model": getattr(captioner, "name", None),
+                           **(engine.describe() if engine is not None else {"engine": "local"})})
         s.add(job)
         s.flush()
         return job.id
@@ -196,13 +211,14 @@ def _start_job(handle: CollectionHandle, sources: list[str], options: JobOptions
 
 class _Runner:
     def __init__(self, handle: CollectionHandle, encoder, captioner, options: JobOptions, job_id: int,
-                 total: int | None):
+                 total: int | None, ray_engine=None):
         self.handle, self.encoder, self.captioner, self.opt = handle, encoder, captioner, options
         self.catalog = handle.catalog
         self.job_id = job_id
         self.total = total
         self.result = JobResult(job_id=job_id, state="running")
         self.ingest = job_ingest(encoder, options, captioner)
+        self.ray_engine = ray_engine
         self.decoded: list[Record] = []  # waiting for the encoder
         self.encoded: list[Record] = []  # waiting for the commit
         self.errors: list[tuple[str, str]] = []
@@ -225,7 +241,12 @@ class _Runner:
                             desc=f"index {self.handle.name}")
         state, message = "done", None
         try:
-            events = self._inline(items) if self.opt.workers == 0 else self._with_workers(items)
+            if self.ray_engine is not None:
+                events = self.ray_engine.events(self, items)
+            elif self.opt.workers == 0:
+                events = self._inline(items)
+            else:
+                events = self._with_workers(items)
             try:
                 for event in events:
                     self._handle(event)
@@ -398,6 +419,14 @@ class _Runner:
             self.pending_decode_s += ev[2]
             if len(self.decoded) >= self.opt.batch_size:
                 self._encode()
+        elif kind == "ok-encoded":  # decoded and encoded elsewhere (the Ray engine)
+            record = ev[1]
+            self.pending_decode_s += ev[2]
+            self.pending_encode_s += ev[3]
+            if np.isfinite(record.vector).all():
+                self.encoded.append(record)
+            else:
+                self.errors.append((record.uri, "the encoder produced a non-finite vector"))
         elif kind == "skip":
             self.pending_counts["skipped"] += 1
         else:
