@@ -66,6 +66,16 @@ class RayOptions:
                 "gpus_per_actor": self.gpus_per_actor}
 
 
+def use_token(address: str) -> None:
+    """Before Ray is first imported (it reads RAY_AUTH_MODE then): a driver of a running cluster speaks token
+    auth, as Ray 2.60 heads do by default, with the head's token; InvalidInput saying where it goes if absent."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"] == "token" and not _token_available():
+        raise InvalidInput(
+            f"the Ray cluster at {address} needs its auth token: copy the head's ~/.ray/auth_token to this "
+            "machine, or set RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN); `ray get-auth-token` on the head prints it")
+
+
 def import_ray():
     """The ray module with Ray Data, or InvalidInput saying how to install it."""
     try:
@@ -87,15 +97,10 @@ class RayEngine:
         self.started_local = False
 
     def connect(self, catalog) -> None:
-        ray = import_ray()
         opt = self.options
         if opt.address:
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
-            if os.environ["RAY_AUTH_MODE"] == "token" and not _token_available():
-                raise InvalidInput(
-                    f"the Ray cluster at {opt.address} needs its auth token: copy the head's ~/.ray/auth_token "
-                    "to this machine, or set RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN); `ray get-auth-token` on "
-                    "the head prints it")
+            use_token(opt.address)
+        ray = import_ray()
         if catalog.dialect == "sqlite" and opt.address:
             raise InvalidInput(_SQLITE_REFUSED)
         logging.getLogger("ray").setLevel(logging.WARNING)

@@ -93,13 +93,15 @@ def _ray_options(args: argparse.Namespace):
         if args.ray_address or args.actors is not None or args.gpus_per_actor is not None:
             raise InvalidInput("index: --ray-address, --actors and --gpus-per-actor go with --engine ray")
         return None
-    from indexer.ray_job import RayOptions, import_ray
+    from indexer.ray_job import RayOptions, import_ray, use_token
 
-    import_ray()  # without Ray: the one-line hint, before any model is loaded
     if args.ray_token_file:
         if not os.path.isfile(args.ray_token_file):
             raise InvalidInput(f"index: --ray-token-file {args.ray_token_file}: no such file")
         os.environ["RAY_AUTH_TOKEN_PATH"] = os.path.abspath(args.ray_token_file)
+    if args.ray_address:
+        use_token(args.ray_address)
+    import_ray()  # without Ray: the one-line hint, before any model is loaded
     options = RayOptions(address=args.ray_address or None, actors=1 if args.actors is None else args.actors,
                          gpus_per_actor=args.gpus_per_actor or 0.0)
     options.check()
@@ -170,6 +172,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                          "started": job.started.isoformat(timespec="seconds") + "Z",
                          "finished": job.finished.isoformat(timespec="seconds") + "Z" if job.finished else None,
                          "resumed_from": job.resumed_from, "message": job.message,
+                         "engine": (job.options or {}).get("engine", "local"),
                          "errors": [{"uri": e.uri, "reason": e.reason} for e in errors]})
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=1))
