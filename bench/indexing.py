@@ -56,11 +56,13 @@ def make_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
 
 
 def _decode_one(args):
+    from indexer.ingest import Ingest, SourceItem
     from indexer.jobs import decode_item
-    from indexer.sources import SourceItem
 
     path, prep = args
-    out = decode_item(SourceItem(uri=str(path), path=str(path)), prep, 100_000_000, 1 << 30, False)
+    ingest = Ingest(max_bytes=1 << 30, max_pixels=100_000_000, draft_size=prep.draft_size, preprocessor=prep,
+                    thumbnails=False)
+    out = decode_item(SourceItem(uri=str(path), path=str(path)), ingest)
     assert out[0] == "ok", out
     return out[1].pixels
 

@@ -76,7 +76,7 @@ def read_file(path: str, *, max_bytes: int, roots: Sequence[str] | None = None) 
     try:
         st = _check_regular(fd, path)
         if st.st_size > max_bytes:
-            raise TooLarge(f"{path}: {st.st_size} bytes is over the {_mib(max_bytes)} limit")
+            raise TooLarge(f"{path}: {st.st_size} bytes is over the {mib(max_bytes)} limit")
         chunks, size = [], 0
         while True:
             chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
@@ -85,7 +85,7 @@ def read_file(path: str, *, max_bytes: int, roots: Sequence[str] | None = None) 
             chunks.append(chunk)
             size += len(chunk)
             if size > max_bytes:  # grew while being read
-                raise TooLarge(f"{path}: larger than the {_mib(max_bytes)} limit")
+                raise TooLarge(f"{path}: larger than the {mib(max_bytes)} limit")
         return b"".join(chunks)
     except OSError as exc:
         raise InvalidInput(f"{path}: cannot read ({exc.strerror or exc})") from None
@@ -138,5 +138,5 @@ def _kind(mode: int) -> str:
     return "not a plain file"
 
 
-def _mib(n: int) -> str:
+def mib(n: int) -> str:
     return f"{n / (1 << 20):g} MiB" if n >= 1 << 20 else f"{n}-byte"

@@ -19,8 +19,6 @@ number of items.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
@@ -35,15 +33,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import update
 
-from mmsearch.errors import InvalidInput, MMSearchError, NothingIndexed
-from encoders.preprocess import DEFAULT_MAX_PIXELS, load_image
+from mmsearch.errors import InvalidInput, NothingIndexed
+from encoders.preprocess import DEFAULT_MAX_PIXELS
 from indexer.catalog import Job, JobError, utcnow
-from indexer.sources import SourceItem, check_paths, count_paths, iter_objects, iter_paths
+from indexer.ingest import Ingest, Record, SourceItem, failure_reason, store_thumbnail
+from indexer.sources import check_paths, count_paths, iter_objects, iter_paths
 from indexer.store import CollectionHandle, Store, UpsertRow
 
 log = logging.getLogger("mmsearch.indexer")
-
-CAPTION_THUMB = 512  # images handed to the captioner are at most this many pixels on a side
 
 
 @dataclass
@@ -56,6 +53,7 @@ class JobOptions:
     max_bytes: int = 256 * 1024 * 1024
     progress: bool = False
     save_every_s: float = 60.0  # how often the index file is rewritten while a job runs
+    thumbnails: bool = True  # write each new item's thumbnail (DATA_DIR/thumbs) for the search page
 
     def check(self) -> None:
         if not 0 <= self.workers <= 256:
@@ -86,72 +84,30 @@ class JobResult:
         return (self.added + self.updated) / self.elapsed_s if self.elapsed_s else 0.0
 
 
-@dataclass
-class Decoded:
-    """A decoded, preprocessed image on its way to the encoder."""
-
-    uri: str
-    sha256: str
-    width: int
-    height: int
-    pixels: np.ndarray  # (3, H, W) float32
-    meta: dict
-    thumb: object = None  # small RGB PIL image for the captioner
-    vector: np.ndarray | None = None
-    caption: str | None = None
-
-
 # ---- the worker half ----------------------------------------------------------------------------------------
 
 
-def decode_item(item: SourceItem, preprocessor, max_pixels: int | None, max_bytes: int, want_thumb: bool):
-    """Read, hash, decode and preprocess one input: ("ok", Decoded) or ("err", uri, reason)."""
+def decode_item(item: SourceItem, ingest: Ingest):
+    """Read, hash, decode and preprocess one input (indexer/ingest.py): ("ok", Record, cpu seconds) or
+    ("err", uri, reason)."""
     if item.error:
         return ("err", item.uri, item.error)
     t0 = time.process_time()
     try:
-        if item.data is not None:
-            data = item.data
-        else:
-            with open(item.path, "rb") as fh:
-                data = fh.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            return ("err", item.uri, f"file is larger than the {max_bytes // (1024 * 1024)} MiB limit")
-        sha = hashlib.sha256(data).hexdigest()
-        uri = item.uri or f"sha256:{sha}"
-        image = load_image(data, max_pixels=max_pixels, draft_size=getattr(preprocessor, "draft_size", None))
-        width, height = _original_size(data, image)
-        pixels = preprocessor([image])[0].numpy()
-        thumb = None
-        if want_thumb:
-            thumb = image.copy()
-            thumb.thumbnail((CAPTION_THUMB, CAPTION_THUMB))
-        return ("ok", Decoded(uri, sha, width, height, pixels, item.meta, thumb), time.process_time() - t0)
-    except MMSearchError as exc:  # ImageError / TooLarge from the loader: message says why
-        return ("err", item.uri, _strip_label(str(exc)))
-    except OSError as exc:
-        return ("err", item.uri, f"unreadable ({exc.strerror or exc})")
-    except Exception as exc:  # a decoder bug on one file must not stop the job
-        return ("err", item.uri, f"decoder failed ({type(exc).__name__}: {exc})")
+        return ("ok", ingest(item), time.process_time() - t0)
+    except Exception as exc:  # one bad file is recorded, the job goes on
+        return ("err", item.uri, failure_reason(exc, item))
 
 
-def _strip_label(message: str) -> str:
-    return message.split(": ", 1)[1] if message.startswith("image bytes: ") else message
+def job_ingest(encoder, options: "JobOptions", captioner=None) -> Ingest:
+    """How a bulk job reads its items: any path it was given, decoded for the encoder's preprocessor."""
+    prep = encoder.image_preprocessor
+    return Ingest(max_bytes=options.max_bytes, max_pixels=options.max_pixels, draft_size=prep.draft_size,
+                  preprocessor=prep, thumbnails=options.thumbnails, keep_image=captioner is not None,
+                  caption_size=True)
 
 
-def _original_size(data: bytes, decoded) -> tuple[int, int]:
-    """Width and height of the full-resolution image after EXIF rotation (draft decoding shrinks `decoded`)."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        w, h = im.size
-        if im.format != "JPEG" or decoded.size in ((w, h), (h, w)):
-            return decoded.size
-        orientation = im.getexif().get(0x0112, 1)
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-
-
-def _worker(task_q, conn, preprocessor, max_pixels, max_bytes, want_thumb, parent_pid):
+def _worker(task_q, conn, ingest, parent_pid):
     """Decode loop. Results go back over this worker's own pipe with a blocking send: a result is either
     wholly received or, if this process dies, the main process reads end-of-file (never half a message)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's business
@@ -175,7 +131,7 @@ def _worker(task_q, conn, preprocessor, max_pixels, max_bytes, want_thumb, paren
                 conn.close()
                 return
             seq, item = task
-            conn.send((seq,) + decode_item(item, preprocessor, max_pixels, max_bytes, want_thumb))
+            conn.send((seq,) + decode_item(item, ingest))
     except (BrokenPipeError, EOFError, OSError):
         os._exit(0)  # the main process is gone
 
@@ -195,13 +151,15 @@ def _die_with_parent() -> None:
 
 
 def index_paths(store: Store, collection: str, encoder, paths: Iterable[str], options: JobOptions | None = None,
-                *, captioner=None, index_spec: str | None = None) -> JobResult:
-    """Index folders, image files and manifests into `collection` (created and bound to `encoder` if new)."""
+                *, captioner=None, index_spec: str | None = None, engine=None) -> JobResult:
+    """Index folders, image files and manifests into `collection` (created and bound to `encoder` if new).
+    `engine`: None runs here (decode processes + this process's encoder); an indexer.ray_job.RayOptions runs
+    the decoding and encoding on a Ray cluster, with the same commits from here."""
     paths = check_paths(paths)
     options = options or JobOptions()
     total = count_paths(paths) if options.progress else None
     return run_job(store, collection, encoder, iter_paths(paths), options, sources=paths, total=total,
-                   captioner=captioner, index_spec=index_spec)
+                   captioner=captioner, index_spec=index_spec, engine=engine)
 
 
 def index_objects(store: Store, collection: str, encoder, objects: Iterable, options: JobOptions | None = None,
@@ -214,15 +172,27 @@ def index_objects(store: Store, collection: str, encoder, objects: Iterable, opt
 
 
 def run_job(store: Store, collection: str, encoder, items: Iterator[SourceItem], options: JobOptions, *,
-            sources: list[str], total: int | None = None, captioner=None, index_spec: str | None = None
-            ) -> JobResult:
+            sources: list[str], total: int | None = None, captioner=None, index_spec: str | None = None,
+            engine=None) -> JobResult:
     options.check()
-    handle = store.open_or_create(collection, encoder, index_spec)
-    job_id = _start_job(handle, sources, options, captioner)
-    return _Runner(handle, encoder, captioner, options, job_id, total).run(items)
+    ray_engine = None
+    if engine is not None:
+        from indexer.ray_job import RayEngine
+
+        if captioner is not None:
+            raise InvalidInput("captions (--caption) are not made by Ray jobs yet: run the job without --engine ray")
+        ray_engine = RayEngine(engine)
+        ray_engine.connect(store.catalog)  # refusals (no Ray, SQLite over a cluster) before anything is written
+    try:
+        handle = store.open_or_create(collection, encoder, index_spec)
+        job_id = _start_job(handle, sources, options, captioner, engine)
+        return _Runner(handle, encoder, captioner, options, job_id, total, ray_engine).run(items)
+    finally:
+        if ray_engine is not None:
+            ray_engine.close()
 
 
-def _start_job(handle: CollectionHandle, sources: list[str], options: JobOptions, captioner) -> int:
+def _start_job(handle: CollectionHandle, sources: list[str], options: JobOptions, captioner, engine=None) -> int:
     catalog = handle.catalog
     catalog.mark_stale_jobs(handle.id)
     unfinished = [j for j in catalog.list_jobs(handle.id, limit=20) if j.state != "done" and j.sources == sources]
@@ -232,7 +202,8 @@ def _start_job(handle: CollectionHandle, sources: list[str], options: JobOptions
                   options={"workers": options.workers, "batch_size": options.batch_size,
                            "commit_every": options.commit_every, "update": options.update,
                            "max_pixels": options.max_pixels,
-                           "caption_model": getattr(captioner, "name", None)})
+                           "caption_model": getattr(captioner, "name", None),
+                           **(engine.describe() if engine is not None else {"engine": "local"})})
         s.add(job)
         s.flush()
         return job.id
@@ -240,14 +211,16 @@ def _start_job(handle: CollectionHandle, sources: list[str], options: JobOptions
 
 class _Runner:
     def __init__(self, handle: CollectionHandle, encoder, captioner, options: JobOptions, job_id: int,
-                 total: int | None):
+                 total: int | None, ray_engine=None):
         self.handle, self.encoder, self.captioner, self.opt = handle, encoder, captioner, options
         self.catalog = handle.catalog
         self.job_id = job_id
         self.total = total
         self.result = JobResult(job_id=job_id, state="running")
-        self.decoded: list[Decoded] = []  # waiting for the encoder
-        self.encoded: list[Decoded] = []  # waiting for the commit
+        self.ingest = job_ingest(encoder, options, captioner)
+        self.ray_engine = ray_engine
+        self.decoded: list[Record] = []  # waiting for the encoder
+        self.encoded: list[Record] = []  # waiting for the commit
         self.errors: list[tuple[str, str]] = []
         self.pending_counts = dict(seen=0, skipped=0)
         self.pending_decode_s = 0.0
@@ -268,7 +241,12 @@ class _Runner:
                             desc=f"index {self.handle.name}")
         state, message = "done", None
         try:
-            events = self._inline(items) if self.opt.workers == 0 else self._with_workers(items)
+            if self.ray_engine is not None:
+                events = self.ray_engine.events(self, items)
+            elif self.opt.workers == 0:
+                events = self._inline(items)
+            else:
+                events = self._with_workers(items)
             try:
                 for event in events:
                     self._handle(event)
@@ -332,11 +310,9 @@ class _Runner:
         yield from drain()
 
     def _inline(self, items):
-        want_thumb = self.captioner is not None
-        prep = self.encoder.image_preprocessor
         for ev in self._plan(items):
             if ev[0] == "task":
-                yield decode_item(ev[1], prep, self.opt.max_pixels, self.opt.max_bytes, want_thumb)
+                yield decode_item(ev[1], self.ingest)
             else:
                 yield ev
 
@@ -344,8 +320,7 @@ class _Runner:
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         n = self.opt.workers
         task_q = ctx.Queue(maxsize=4 * n)
-        common = (self.encoder.image_preprocessor, self.opt.max_pixels, self.opt.max_bytes,
-                  self.captioner is not None, os.getpid())
+        common = (self.ingest, os.getpid())
         readers: dict = {}  # result pipe -> its process
 
         def start_worker(i: int) -> None:
@@ -444,6 +419,14 @@ class _Runner:
             self.pending_decode_s += ev[2]
             if len(self.decoded) >= self.opt.batch_size:
                 self._encode()
+        elif kind == "ok-encoded":  # decoded and encoded elsewhere (the Ray engine)
+            record = ev[1]
+            self.pending_decode_s += ev[2]
+            self.pending_encode_s += ev[3]
+            if np.isfinite(record.vector).all():
+                self.encoded.append(record)
+            else:
+                self.errors.append((record.uri, "the encoder produced a non-finite vector"))
         elif kind == "skip":
             self.pending_counts["skipped"] += 1
         else:
@@ -469,11 +452,11 @@ class _Runner:
         t0 = time.perf_counter()
         vecs = self.encoder.encode_pixels(torch.from_numpy(np.stack([d.pixels for d in fresh])))
         if self.captioner is not None:
-            for d, text in zip(fresh, self.captioner.caption([d.thumb for d in fresh])):
+            for d, text in zip(fresh, self.captioner.caption([d.image for d in fresh])):
                 d.caption = text
         self.pending_encode_s += time.perf_counter() - t0
         for d, v in zip(fresh, vecs):
-            d.pixels, d.thumb = None, None  # free the big arrays now
+            d.pixels, d.image = None, None  # free the big arrays now
             if np.isfinite(v).all():
                 d.vector = np.ascontiguousarray(v, dtype="<f4")
                 self.encoded.append(d)
@@ -497,6 +480,8 @@ class _Runner:
         counts = dict(self.pending_counts)
         if not batch and not errors and not counts["seen"]:
             return
+        for d in batch:  # before the commit, so a committed item has its thumbnail (an orphan one is harmless)
+            store_thumbnail(self.handle.store.media_dir, d)
         rows = [UpsertRow(uri=d.uri, sha256=d.sha256, width=d.width, height=d.height, vector=d.vector,
                           meta=d.meta or None, caption=d.caption) for d in batch]
         with self.catalog.write(self.handle.id) as (s, rev):

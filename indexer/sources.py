@@ -25,8 +25,8 @@ import os
 import re
 import stat
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 
+from indexer.ingest import SourceItem, check_meta
 from mmsearch.errors import InvalidInput
 
 IMAGE_EXTENSIONS = frozenset(
@@ -34,24 +34,11 @@ IMAGE_EXTENSIONS = frozenset(
     "heic heif qoi dds pcx sgi rgb icns".split())
 MANIFEST_EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 URI_COLUMNS = ("uri", "path", "file", "filename", "image")
-MAX_META_KEY = 128
-MAX_META_BYTES = 64 * 1024
 
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
                b"\x00\x00\x01\x00", b"\x00\x00\x00\x0cjP  \r\n", b"\xffO\xffQ", b"8BPS", b"qoif", b"DDS ",
                b"icns")
 _NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][-+]?\d+)?")
-
-
-@dataclass
-class SourceItem:
-    """One input: a file path or the bytes themselves, its uri, metadata, or the reason it is unusable."""
-
-    uri: str
-    path: str | None = None
-    data: bytes | None = None
-    meta: dict = field(default_factory=dict)
-    error: str | None = None
 
 
 def looks_like_image(head: bytes) -> bool:
@@ -222,22 +209,6 @@ def _csv_value(text: str):
         value = float(text)
         return int(text) if value.is_integer() and "." not in text and "e" not in text.lower() else value
     return text
-
-
-def check_meta(meta) -> str | None:
-    """None when `meta` is acceptable item metadata, else the reason it is not."""
-    if not isinstance(meta, dict):
-        return f"metadata must be a JSON object, got {type(meta).__name__}"
-    for key in meta:
-        if not isinstance(key, str) or not key or len(key) > MAX_META_KEY:
-            return f"metadata key {key!r} must be a string of 1-{MAX_META_KEY} characters"
-    try:
-        size = len(json.dumps(meta, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        return f"metadata is not JSON-serialisable ({exc})"
-    if size > MAX_META_BYTES:
-        return f"metadata is {size} bytes as JSON (limit {MAX_META_BYTES})"
-    return None
 
 
 # ---- Python API -----------------------------------------------------------------------------------------------

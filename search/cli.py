@@ -66,6 +66,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.workers is None:
         options.workers = JobOptions().workers
     options.check()
+    engine = _ray_options(args)
     with _open_store(args) as store:
         if args.model:
             enc = encoders.load(args.model, device=args.device, dtype=args.dtype)
@@ -78,11 +79,33 @@ def cmd_index(args: argparse.Namespace) -> int:
         captioner = (encoders.load_captioner(args.caption, device=args.device, dtype=args.dtype)
                      if args.caption else None)
         result = index_paths(store, args.collection, enc, args.paths, options, captioner=captioner,
-                             index_spec=args.index)
+                             index_spec=args.index, engine=engine)
     print(f"job {result.job_id}: {result.added} added, {result.updated} updated, {result.skipped} skipped, "
           f"{result.failed} errors in {result.elapsed_s:.1f}s ({result.rate:.1f} images/s)"
           + (f"; see `mmsearch jobs --job {result.job_id}`" if result.failed else ""))
     return 0
+
+
+def _ray_options(args: argparse.Namespace):
+    """RayOptions for `--engine ray` (None for the local engine); a token file given here is where Ray reads
+    the head's token from."""
+    if args.engine != "ray":
+        if args.ray_address or args.actors is not None or args.gpus_per_actor is not None:
+            raise InvalidInput("index: --ray-address, --actors and --gpus-per-actor go with --engine ray")
+        return None
+    from indexer.ray_job import RayOptions, import_ray, use_token
+
+    if args.ray_token_file:
+        if not os.path.isfile(args.ray_token_file):
+            raise InvalidInput(f"index: --ray-token-file {args.ray_token_file}: no such file")
+        os.environ["RAY_AUTH_TOKEN_PATH"] = os.path.abspath(args.ray_token_file)
+    if args.ray_address:
+        use_token(args.ray_address)
+    import_ray()  # without Ray: the one-line hint, before any model is loaded
+    options = RayOptions(address=args.ray_address or None, actors=1 if args.actors is None else args.actors,
+                         gpus_per_actor=args.gpus_per_actor or 0.0)
+    options.check()
+    return options
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
@@ -149,6 +172,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                          "started": job.started.isoformat(timespec="seconds") + "Z",
                          "finished": job.finished.isoformat(timespec="seconds") + "Z" if job.finished else None,
                          "resumed_from": job.resumed_from, "message": job.message,
+                         "engine": (job.options or {}).get("engine", "local"),
                          "errors": [{"uri": e.uri, "reason": e.reason} for e in errors]})
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=1))
@@ -353,6 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="encoder and captioner weights")
     p.add_argument("--exact-decode", action="store_true", help=EXACT_DECODE_HELP)
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: decode processes here; ray: decode tasks and encoder actors on a Ray cluster "
+                        '(pip install -e ".[ray]"), commits from here')
+    p.add_argument("--ray-address", metavar="HOST:PORT", help="the Ray head (default: start a local Ray); "
+                   "inputs and the model must be at the same paths on every node; needs --db PostgreSQL")
+    p.add_argument("--ray-token-file", metavar="FILE", help="the head's auth token (default $RAY_AUTH_TOKEN_PATH "
+                   "or ~/.ray/auth_token; `ray get-auth-token` on the head prints it)")
+    p.add_argument("--actors", type=int, default=None, help="encoder actors on the cluster (default 1)")
+    p.add_argument("--gpus-per-actor", type=float, default=None, metavar="G",
+                   help="GPUs per encoder actor (default 0: CPU)")
     data_args(p)
     p.set_defaults(func=cmd_index)
 

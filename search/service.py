@@ -12,7 +12,6 @@ transports always set one).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -21,7 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from indexer.files import normalize_roots, read_file
+from indexer.files import normalize_roots
+from indexer.ingest import Ingest
 from mmsearch.errors import Busy, InvalidInput, MMSearchError, NotFound
 from search.config import ServerConfig
 from search.limits import PixelBudget
@@ -95,6 +95,9 @@ class Service:
     def __init__(self, store, models, config: ServerConfig, *, local: bool = False):
         self.store, self.models, self.config = store, models, config
         self.roots = normalize_roots(config.image_roots)
+        # Upsert's ingest: files only under the image roots, decoded in full (search/limits.py decodes them)
+        self.ingest = Ingest(max_bytes=config.max_message_bytes, max_pixels=int(config.max_image_mp * 1e6),
+                             roots=self.roots)
         self.pixel_budget = PixelBudget(config.pixel_budget_mp * 1e6)
         self.searcher = Searcher(store, models, default_depth=config.rerank_default_depth,
                                  max_depth=config.rerank_max_depth, image_roots=None if local else config.image_roots,
@@ -228,13 +231,14 @@ class Service:
 
     def upsert(self, stream: Iterable[tuple[str, UpsertInput]], deadline: float) -> Upserted:
         """Write a stream of (collection, item) pairs; the first names the collection, later ones may leave
-        it empty. Items are decoded and encoded in chunks; each gets a status."""
-        from indexer.sources import check_meta
+        it empty. Items go through the ingest path (indexer/ingest.py) and are decoded under the pixel budget
+        and encoded in chunks; each gets a status."""
+        from indexer.ingest import SourceItem, store_thumbnail
         from indexer.store import UpsertRow
 
         statuses: list[ItemStatus] = []
         state: dict = {}  # handle, enc
-        prepared: dict[int, tuple] = {}  # index -> (uri, sha, data, meta, caption, uploaded as bytes)
+        read: dict[int, object] = {}  # index -> ingest.Read, waiting for its decoded image
 
         def fail(index: int, uri: str, exc: MMSearchError):
             statuses.append(ItemStatus(index=index, uri=uri[:4096], ok=False, error=exc.brief(), status=exc.grpc_status))
@@ -250,19 +254,14 @@ class Service:
                     raise InvalidInput(f"message {index} names collection {collection!r}; "
                                        f"this stream writes {state['handle'].name!r}")
                 try:
-                    problem = check_meta(item.metadata)
-                    if problem:
-                        raise InvalidInput(problem)
-                    data, uri = self._upsert_bytes(item)
-                    sha = hashlib.sha256(data).hexdigest()
-                    prepared[index] = (uri or f"sha256:{sha}", sha, data, item.metadata, item.caption or None,
-                                       bool(item.image))
-                    yield index, data
+                    read[index] = self.ingest.read(SourceItem(uri=item.uri, data=bytes(item.image) or None,
+                                                              meta=item.metadata, caption=item.caption or None))
+                    yield index, read[index].data
                 except MMSearchError as exc:
                     fail(index, item.uri, exc)
 
         def decode_failed(index: int, exc: MMSearchError):
-            fail(index, prepared.pop(index)[0] if index in prepared else "", exc)
+            fail(index, read.pop(index).uri if index in read else "", exc)
 
         for chunk in self.searcher.decode(blobs(), deadline, label=lambda i: f"item {i}: image",
                                           on_error=decode_failed, chunk_count=UPSERT_CHUNK):
@@ -270,11 +269,13 @@ class Service:
             vectors = enc.encode_images([image for _, image in chunk], timeout=remaining(deadline, "encoding"))
             rows, indices = [], []
             for (index, image), vector in zip(chunk, vectors):
-                uri, sha, data, meta, caption, uploaded = prepared.pop(index)
-                if uploaded and self.config.keep_images:  # rerank and captions read these bytes back later
-                    self._keep_image(sha, data)
-                rows.append(UpsertRow(uri=uri, sha256=sha, width=image.width, height=image.height, vector=vector,
-                                      meta=meta, caption=caption))
+                item = read.pop(index)
+                if item.uploaded and self.config.keep_images:  # rerank and captions read these bytes back later
+                    self._keep_image(item.sha256, item.data)
+                record = self.ingest.finish(item, image)
+                store_thumbnail(self.store.media_dir, record)
+                rows.append(UpsertRow(uri=record.uri, sha256=record.sha256, width=record.width,
+                                      height=record.height, vector=vector, meta=record.meta, caption=record.caption))
                 indices.append(index)
             for index, row, (item_id, problem) in zip(indices, rows, handle.upsert(rows)):
                 if problem is None:
@@ -286,19 +287,6 @@ class Service:
             raise InvalidInput("empty Upsert stream: send at least one item")
         statuses.sort(key=lambda s: s.index)
         return Upserted(statuses)
-
-    def _upsert_bytes(self, item: UpsertInput) -> tuple[bytes, str]:
-        if item.image:
-            if len(item.image) > self.config.max_message_bytes:
-                raise InvalidInput("image is larger than the message limit")
-            return bytes(item.image), item.uri
-        if not item.uri:
-            raise InvalidInput("item needs image bytes or a uri")
-        path = item.uri[len("file://"):] if item.uri.startswith("file://") else item.uri
-        if not self.roots:
-            raise InvalidInput("this server reads no files by uri (no image_roots configured); "
-                               "send the image bytes instead")
-        return read_file(path, max_bytes=self.config.max_message_bytes, roots=self.roots), os.path.normpath(path)
 
     def _keep_image(self, sha: str, data: bytes) -> None:
         path = image_blob_path(self.store.media_dir, sha)

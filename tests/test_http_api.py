@@ -420,6 +420,12 @@ def test_originals_only_from_what_the_item_was_made_from(http, server, photos):
     (server.files / "file-19.png").write_bytes(png_bytes(999, 30, 30))
     changed = http("GET", f"/api/v1/collections/photos/items/{photos[19]}/image")
     assert error_of(changed)[0] == 400 and "changed since it was indexed" in changed.text
+    from indexer.thumbnails import thumbnail_path
+
+    item = http("GET", f"/api/v1/collections/photos/items/{photos[19]}").json()
+    written = thumbnail_path(server.store.media_dir, item["sha256"])  # at Upsert time, of what was indexed
+    assert os.path.isfile(written)
+    os.unlink(written)
     assert error_of(http("GET", f"/api/v1/collections/photos/items/{photos[19]}/thumbnail"))[:2] == (404, "NOT_FOUND")
     # nothing in the URL is a path: traversal spellings are just unknown collections or bad ids
     for path in ("/api/v1/collections/..%2F..%2Fetc/items/1/image", "/api/v1/collections/photos/items/..%2F1/image",
