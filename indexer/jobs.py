@@ -44,7 +44,7 @@ from encoders.preprocess import DEFAULT_MAX_PIXELS, load_image
 from indexer.catalog import Job, JobError, utcnow
 from indexer.sources import SourceItem, check_meta, check_paths, count_paths, iter_objects, iter_paths
 from indexer.store import CollectionHandle, Store, UpsertRow
-from indexer.vector_sources import VectorRows, open_sources
+from indexer.vector_sources import VectorRows, open_sources, unit_rows, vector_sha256
 
 log = logging.getLogger("mmsearch.indexer")
 
@@ -684,21 +684,16 @@ class _Importer:
     def _rows(self, part) -> tuple[list[UpsertRow], list[tuple[str, str]], int]:
         """The importable rows of a batch (normalised vectors, sha256 of their bytes, metadata split into
         width / height / caption and the rest) and the errors of the others."""
-        vectors = np.array(part.vectors, dtype=np.float32)  # a copy: the source may be a read-only mmap
+        vectors, unusable = unit_rows(part.vectors)
         n = len(vectors)
-        with np.errstate(over="ignore", invalid="ignore"):
-            norms = np.linalg.norm(vectors, axis=1)
-        usable = np.isfinite(norms) & (norms > 0)
-        vectors[usable] /= norms[usable, None]
         rows: list[UpsertRow] = []
         errors: list[tuple[str, str]] = []
         for i in range(n):
             if i in part.bad:
                 errors.append((part.label(i), part.bad[i]))
                 continue
-            if not usable[i]:
-                what = "all zeros" if norms[i] == 0 else "NaN or infinite values"
-                errors.append((part.label(i), f"vector has {what}"))
+            if i in unusable:
+                errors.append((part.label(i), unusable[i]))
                 continue
             uri = part.uris[i]
             if uri is not None and not isinstance(uri, str):
@@ -717,7 +712,7 @@ class _Importer:
                 errors.append((uri, problem))
                 continue
             vec = vectors[i]
-            rows.append(UpsertRow(uri=uri, sha256=hashlib.sha256(vec.tobytes()).hexdigest(), width=width,
+            rows.append(UpsertRow(uri=uri, sha256=vector_sha256(vec), width=width,
                                   height=height, vector=vec, meta=meta or None, caption=caption))
         return rows, errors, n
 

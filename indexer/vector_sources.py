@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import glob
+import hashlib
 import math
 import os
 import re
@@ -332,6 +333,28 @@ def _open_npy(path: str) -> np.ndarray:
     if matrix.ndim != 2 or matrix.dtype.kind != "f":
         raise InvalidInput(f"import: {path}: expected a 2-d float matrix, got {matrix.dtype} of shape {matrix.shape}")
     return matrix
+
+
+# ---- given vectors (import, and Upsert with a vector) -------------------------------------------------------
+
+
+def unit_rows(vectors) -> tuple[np.ndarray, dict[int, str]]:
+    """Given vectors as L2-normalised float32 rows (a copy) and, for rows that cannot be normalised, why."""
+    out = np.array(vectors, dtype=np.float32)  # a copy: the source may be a read-only mmap
+    if out.ndim == 1:
+        out = out[None, :]
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.linalg.norm(out, axis=1)
+    usable = np.isfinite(norms) & (norms > 0)
+    out[usable] /= norms[usable, None]
+    problems = {int(i): "vector has all zeros" if norms[i] == 0 else "vector has NaN or infinite values"
+                for i in np.flatnonzero(~usable)}
+    return out, problems
+
+
+def vector_sha256(vector: np.ndarray) -> str:
+    """The content key of an item made from a given vector: the digest of its float32 bytes."""
+    return hashlib.sha256(np.ascontiguousarray(vector, dtype="<f4").tobytes()).hexdigest()
 
 
 # ---- metadata values -------------------------------------------------------------------------------------------

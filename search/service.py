@@ -46,12 +46,14 @@ class Embedded:
 
 @dataclass
 class UpsertInput:
-    """One item of an Upsert: image bytes, or a server-side path as uri (under the image roots)."""
+    """One item of an Upsert: image bytes, or a server-side path as uri (under the image roots); or its
+    own `vector` (the collection's dim), with the image optional."""
 
     uri: str = ""
     image: bytes = b""
     metadata: dict = field(default_factory=dict)
     caption: str = ""
+    vector: list[float] | None = None
 
 
 @dataclass
@@ -228,16 +230,38 @@ class Service:
 
     def upsert(self, stream: Iterable[tuple[str, UpsertInput]], deadline: float) -> Upserted:
         """Write a stream of (collection, item) pairs; the first names the collection, later ones may leave
-        it empty. Items are decoded and encoded in chunks; each gets a status."""
+        it empty. Items are decoded and encoded in chunks; each gets a status. An item with its own vector
+        is not encoded; without an image it is not decoded either."""
         from indexer.sources import check_meta
         from indexer.store import UpsertRow
+        from indexer.vector_sources import unit_rows, vector_sha256
 
         statuses: list[ItemStatus] = []
         state: dict = {}  # handle, enc
-        prepared: dict[int, tuple] = {}  # index -> (uri, sha, data, meta, caption, uploaded as bytes)
+        # index -> (uri, sha, data, meta, caption, uploaded as bytes, given vector or None)
+        prepared: dict[int, tuple] = {}
+        given_only: list[tuple[int, UpsertRow]] = []  # vector items without an image, waiting to be written
 
         def fail(index: int, uri: str, exc: MMSearchError):
             statuses.append(ItemStatus(index=index, uri=uri[:4096], ok=False, error=exc.brief(), status=exc.grpc_status))
+
+        def write(batch: list[tuple[int, UpsertRow]]) -> None:
+            for (index, row), (item_id, problem) in zip(batch, state["handle"].upsert([row for _, row in batch])):
+                if problem is None:
+                    statuses.append(ItemStatus(index=index, uri=row.uri, ok=True, id=item_id))
+                else:
+                    statuses.append(ItemStatus(index=index, uri=row.uri, ok=False, id=item_id, error=problem,
+                                               status="ALREADY_EXISTS"))
+
+        def given_vector(item: UpsertInput):
+            dim = state["handle"].dim
+            if len(item.vector) != dim:
+                raise InvalidInput(f"vector has {len(item.vector)} values; collection {state['handle'].name!r} "
+                                   f"has dim {dim}")
+            unit, problems = unit_rows(np.asarray(item.vector, dtype=np.float32))
+            if problems:
+                raise InvalidInput(problems[0])
+            return unit[0]
 
         def blobs() -> Iterator[tuple[int, bytes]]:
             for index, (collection, item) in enumerate(stream):
@@ -253,10 +277,20 @@ class Service:
                     problem = check_meta(item.metadata)
                     if problem:
                         raise InvalidInput(problem)
+                    vector = given_vector(item) if item.vector else None
+                    if vector is not None and not item.image:
+                        sha = vector_sha256(vector)
+                        given_only.append((index, UpsertRow(uri=item.uri or f"sha256:{sha}", sha256=sha, width=0,
+                                                            height=0, vector=vector, meta=item.metadata,
+                                                            caption=item.caption or None)))
+                        if len(given_only) >= UPSERT_CHUNK:
+                            write(given_only)
+                            given_only.clear()
+                        continue
                     data, uri = self._upsert_bytes(item)
                     sha = hashlib.sha256(data).hexdigest()
                     prepared[index] = (uri or f"sha256:{sha}", sha, data, item.metadata, item.caption or None,
-                                       bool(item.image))
+                                       bool(item.image), vector)
                     yield index, data
                 except MMSearchError as exc:
                     fail(index, item.uri, exc)
@@ -266,22 +300,20 @@ class Service:
 
         for chunk in self.searcher.decode(blobs(), deadline, label=lambda i: f"item {i}: image",
                                           on_error=decode_failed, chunk_count=UPSERT_CHUNK):
-            handle, enc = state["handle"], state["enc"]
-            vectors = enc.encode_images([image for _, image in chunk], timeout=remaining(deadline, "encoding"))
-            rows, indices = [], []
-            for (index, image), vector in zip(chunk, vectors):
-                uri, sha, data, meta, caption, uploaded = prepared.pop(index)
+            enc = state["enc"]
+            items = [(index, image, prepared.pop(index)) for index, image in chunk]
+            to_encode = [image for _, image, p in items if p[6] is None]
+            encoded = iter(enc.encode_images(to_encode, timeout=remaining(deadline, "encoding")) if to_encode else ())
+            batch = []
+            for index, image, (uri, sha, data, meta, caption, uploaded, vector) in items:
                 if uploaded and self.config.keep_images:  # rerank and captions read these bytes back later
                     self._keep_image(sha, data)
-                rows.append(UpsertRow(uri=uri, sha256=sha, width=image.width, height=image.height, vector=vector,
-                                      meta=meta, caption=caption))
-                indices.append(index)
-            for index, row, (item_id, problem) in zip(indices, rows, handle.upsert(rows)):
-                if problem is None:
-                    statuses.append(ItemStatus(index=index, uri=row.uri, ok=True, id=item_id))
-                else:
-                    statuses.append(ItemStatus(index=index, uri=row.uri, ok=False, id=item_id, error=problem,
-                                               status="ALREADY_EXISTS"))
+                batch.append((index, UpsertRow(uri=uri, sha256=sha, width=image.width, height=image.height,
+                                               vector=next(encoded) if vector is None else vector, meta=meta,
+                                               caption=caption)))
+            write(batch)
+        if given_only:
+            write(given_only)
         if "handle" not in state:
             raise InvalidInput("empty Upsert stream: send at least one item")
         statuses.sort(key=lambda s: s.index)
