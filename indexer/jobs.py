@@ -666,13 +666,17 @@ class _Importer:
         seen += len(self.problems)
         self.problems = []
         skipped = 0
-        if rows and not self.opt.update:  # resume: uris already imported are not written again
-            known = self.handle.catalog.existing_uris(self.handle.id, [r.uri for r in rows])
-            if known:
-                fresh = [r for r in rows if r.uri not in known]
-                skipped, rows = len(rows) - len(fresh), fresh
+        if not self.opt.update:
+            # a uri twice: the first row wins, within a batch as across batches (a known uri is skipped)
+            first: dict[str, UpsertRow] = {}
+            for r in rows:
+                first.setdefault(r.uri, r)
+            unique = list(first.values())
+            known = self.handle.catalog.existing_uris(self.handle.id, [r.uri for r in unique]) if unique else {}
+            fresh = [r for r in unique if r.uri not in known]  # resume: rows already imported are not written again
+            skipped, rows = len(rows) - len(fresh), fresh
         added, updated, skipped = commit_batch(
-            self.handle, self.job_id, rows, errors, seen=seen, skipped=skipped, replace_uri=True,
+            self.handle, self.job_id, rows, errors, seen=seen, skipped=skipped, replace_uri=self.opt.update,
             timings={"commit_s": time.perf_counter() - t0}, apply_index=False)
         r = self.result
         r.seen += seen
