@@ -291,6 +291,37 @@ def finish_job(handle: CollectionHandle, job_id: int, state: str, message: str |
             s.execute(update(Job).where(Job.id == job_id).values(state=state, message=message, finished=utcnow()))
 
 
+def run_recorded(handle: CollectionHandle, job_id: int, result: JobResult, body, *, noun: str, bar=None) -> JobResult:
+    """Run a job's `body` and record how it ended (done, failed, interrupted), then bring the index up to
+    date (finish_job). `result.elapsed_s` is the body's time, `result.index_s` the index's. `bar()`: the
+    progress bar to close, if any. NothingIndexed when every input failed."""
+    t0 = time.perf_counter()
+    state, message = "done", None
+    try:
+        body()
+        if result.added + result.updated + result.skipped == 0 and result.failed:
+            state, message = "failed", f"nothing could be {noun}: {result.failed} inputs failed"
+    except KeyboardInterrupt:
+        state, message = "interrupted", "interrupted (Ctrl-C); rerun the same command to resume"
+        raise
+    except BaseException as exc:
+        state, message = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        shown = bar() if bar is not None else None
+        if shown is not None:
+            shown.close()
+        result.elapsed_s = time.perf_counter() - t0
+        try:
+            finish_job(handle, job_id, state, message)
+        finally:
+            result.state = state
+            result.index_s = time.perf_counter() - t0 - result.elapsed_s
+    if state == "failed":
+        raise NothingIndexed(f"{message} (see `mmsearch jobs --job {job_id}`)")
+    return result
+
+
 class _Runner:
     def __init__(self, handle: CollectionHandle, encoder, captioner, options: JobOptions, job_id: int,
                  total: int | None):
@@ -312,15 +343,13 @@ class _Runner:
     # the whole job --------------------------------------------------------------------------------------------
 
     def run(self, items: Iterator[SourceItem]) -> JobResult:
-        t0 = time.perf_counter()
-        self.handle.refresh()  # open (or build) the index before the first commit touches it
-        if self.opt.progress:
-            from tqdm import tqdm
+        def body():
+            self.handle.refresh()  # open (or build) the index before the first commit touches it
+            if self.opt.progress:
+                from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, unit="img", dynamic_ncols=True, smoothing=0.1,
-                            desc=f"index {self.handle.name}")
-        state, message = "done", None
-        try:
+                self.bar = tqdm(total=self.total, unit="img", dynamic_ncols=True, smoothing=0.1,
+                                desc=f"index {self.handle.name}")
             events = self._inline(items) if self.opt.workers == 0 else self._with_workers(items)
             try:
                 for event in events:
@@ -328,29 +357,8 @@ class _Runner:
             finally:
                 events.close()  # stops the workers now, also on Ctrl-C
             self._flush(final=True)
-            r = self.result
-            if r.added + r.updated + r.skipped == 0 and r.failed:
-                state, message = "failed", f"nothing could be indexed: {r.failed} inputs failed"
-        except KeyboardInterrupt:
-            state, message = "interrupted", "interrupted (Ctrl-C); rerun the same command to resume"
-            raise
-        except BaseException as exc:
-            state, message = "failed", f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            if self.bar is not None:
-                self.bar.close()
-            self.result.elapsed_s = time.perf_counter() - t0
-            self._finish(state, message)
-        if state == "failed":
-            raise NothingIndexed(f"{message} (see `mmsearch jobs --job {self.job_id}`)")
-        return self.result
 
-    def _finish(self, state: str, message: str | None) -> None:
-        try:
-            finish_job(self.handle, self.job_id, state, message)
-        finally:
-            self.result.state = state
+        return run_recorded(self.handle, self.job_id, self.result, body, noun="indexed", bar=lambda: self.bar)
 
     # event sources: in-process, or worker processes ----------------------------------------------------------
 
@@ -615,15 +623,15 @@ class _Importer:
         self.problems: list[tuple[str, str]] = []  # shard-level errors waiting for the next commit
 
     def run(self, sources) -> JobResult:
-        t0 = time.perf_counter()
         bar = None
-        if self.opt.progress:
-            from tqdm import tqdm
 
-            bar = tqdm(total=sum(src.rows for src in sources), unit="row", unit_scale=True, dynamic_ncols=True,
-                       smoothing=0.1, desc=f"import {self.handle.name}")
-        state, message = "done", None
-        try:
+        def body():
+            nonlocal bar
+            if self.opt.progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=sum(src.rows for src in sources), unit="row", unit_scale=True, dynamic_ncols=True,
+                           smoothing=0.1, desc=f"import {self.handle.name}")
             for src in sources:
                 for part in src.batches(self.opt.batch_size):
                     if isinstance(part, VectorRows):
@@ -636,28 +644,8 @@ class _Importer:
                         self.problems.append((part.where, part.reason))
             if self.problems:
                 self._commit(None)
-            r = self.result
-            if r.added + r.updated + r.skipped == 0 and r.failed:
-                state, message = "failed", f"nothing could be imported: {r.failed} errors"
-        except KeyboardInterrupt:
-            state, message = "interrupted", "interrupted (Ctrl-C); rerun the same command to resume"
-            raise
-        except BaseException as exc:
-            state, message = "failed", f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-            t1 = time.perf_counter()
-            try:
-                finish_job(self.handle, self.job_id, state, message)
-            finally:
-                self.result.state = state
-                self.result.index_s = time.perf_counter() - t1
-                self.result.elapsed_s = time.perf_counter() - t0
-        if state == "failed":
-            raise NothingIndexed(f"{message} (see `mmsearch jobs --job {self.job_id}`)")
-        return self.result
+
+        return run_recorded(self.handle, self.job_id, self.result, body, noun="imported", bar=lambda: bar)
 
     def _commit(self, part) -> None:
         t0 = time.perf_counter()

@@ -102,7 +102,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                                "vectors were made with; text queries use it)")
         result = import_embeddings(store, args.collection, enc, args.paths, options, index_spec=args.index)
     print(f"job {result.job_id}: {result.added} added, {result.updated} updated, {result.skipped} skipped, "
-          f"{result.failed} errors in {result.elapsed_s:.1f}s ({result.rate:,.0f} rows/s; index {result.index_s:.1f}s)"
+          f"{result.failed} errors in {result.elapsed_s:.1f}s ({result.rate:,.0f} rows/s), then the index in {result.index_s:.1f}s"
           + (f"; see `mmsearch jobs --job {result.job_id}`" if result.failed else ""))
     return 0
 
