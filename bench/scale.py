@@ -314,16 +314,24 @@ def main() -> None:
     ap.add_argument("--workdir", default=os.path.join(harness.default_workdir(), "scale"))
     ap.add_argument("--keep", action="store_true", help="keep each size's data dir")
     ap.add_argument("--out", default=str(harness.RESULTS / "scale.json"))
+    ap.add_argument("--append", action="store_true", help="keep the rows of other sizes already in --out")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     model = make_model(Path(args.workdir))
+    command = "python bench/scale.py " + " ".join(sys.argv[1:])
     rows = []
-    out = {"command": "python bench/scale.py " + " ".join(sys.argv[1:]), "machine": {"cpus": os.cpu_count()},
-           "dim": DIM, "goals": GOALS, "rows": rows}
+    out = {"command": command, "machine": {"cpus": os.cpu_count()}, "dim": DIM, "goals": GOALS, "rows": rows}
+    if args.append and Path(args.out).exists():  # keep the other sizes' rows (each row names its command)
+        before = json.loads(Path(args.out).read_text())
+        for row in before.get("rows", []):
+            row.setdefault("bench_command", before.get("command"))
+            if row["items"] not in sizes:
+                rows.append(row)
+        out["command"] = f"{before.get('command')} ; {command}"
     for n in sizes:
         for label, db in [("sqlite", None)] + ([("postgres", args.postgres)] if args.postgres else []):
-            rows.append(run_size(n, args, model, label, db))
+            rows.append({**run_size(n, args, model, label, db), "bench_command": command})
             harness.save_json(args.out, out)  # after every size: a later one that runs out of time loses nothing
             layout = Path(args.workdir) / f"layout-{n}"
         if not args.keep:
