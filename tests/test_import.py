@@ -275,3 +275,25 @@ def test_sigkill_mid_import_then_resume(clip_dir, enc, tmp_path):
         coll = store.collection("c")
         assert coll.count() == n
         assert_index_matches_catalog(coll)
+
+
+def test_update_replaces_known_uris_in_place(enc, tmp_path):
+    vecs = unit(np.random.default_rng(8), 3, enc.dim)
+    np.save(tmp_path / "emb.npy", vecs)
+    (tmp_path / "emb.csv").write_text("uri,v\na,1\nb,1\na,2\n")  # "a" twice: the first row wins
+    with Store(tmp_path / "data") as store:
+        r = import_embeddings(store, "c", enc, [str(tmp_path / "emb.npy")])
+        assert (r.added, r.skipped) == (2, 1)
+        before = {it.uri: it for it in store.collection("c").get(range(1, 10)).values()}
+        assert before["a"].meta == {"v": 1}
+        vecs[1] = unit(np.random.default_rng(9), 1, enc.dim)[0]
+        np.save(tmp_path / "emb.npy", vecs)
+        (tmp_path / "emb.csv").write_text("uri,v\nx,1\nb,2\n")  # x: the vector "a" holds; b: new vector and meta
+        np.save(tmp_path / "emb.npy", vecs[:2])
+        r = import_embeddings(store, "c", enc, [str(tmp_path / "emb.npy")], ImportOptions(update=True))
+        assert (r.added, r.updated, r.skipped) == (0, 1, 1)  # x is refused: its content is item "a"
+        coll = store.collection("c")
+        after = {it.uri: it for it in coll.get(range(1, 10)).values()}
+        assert set(after) == {"a", "b"} and after["b"].id == before["b"].id and after["b"].meta == {"v": 2}
+        np.testing.assert_allclose(after["b"].vector_array(), vecs[1], atol=1e-6)
+        assert coll.search(vecs[1], k=1)[0][0].id == after["b"].id
