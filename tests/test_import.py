@@ -23,6 +23,7 @@ from indexer_helpers import assert_index_matches_catalog
 from search import cli
 from search.filters import compile_filter
 from indexer.catalog import Item
+from postgres import pg_url, postgres_server  # noqa: F401  (fixtures)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -297,3 +298,19 @@ def test_update_replaces_known_uris_in_place(enc, tmp_path):
         assert set(after) == {"a", "b"} and after["b"].id == before["b"].id and after["b"].meta == {"v": 2}
         np.testing.assert_allclose(after["b"].vector_array(), vecs[1], atol=1e-6)
         assert coll.search(vecs[1], k=1)[0][0].id == after["b"].id
+
+
+def test_clip_retrieval_on_postgres(enc, pg_url, tmp_path):  # noqa: F811
+    expected = write_clip_retrieval(tmp_path / "out", enc.dim, np.random.default_rng(0))
+    with Store(tmp_path / "d", db=pg_url) as store:
+        r = import_embeddings(store, "laion", enc, [str(tmp_path / "out")], ImportOptions(batch_size=5))
+        assert (r.added, r.failed) == (13, 4)
+        coll = store.collection("laion")
+        got = {it.uri: it for it in coll.get(range(1, 100)).values()}
+        assert set(got) == set(expected)
+        assert got["/photos/0003.jpg"].meta["exif"] == {"iso": 400}
+        ids = store.catalog.select_ids(coll.id, compile_filter("meta.exif.iso = 400", Item, store.catalog.dialect))
+        assert len(ids) == 2
+        r = import_embeddings(store, "laion", enc, [str(tmp_path / "out")], ImportOptions(batch_size=5))
+        assert (r.added, r.skipped) == (0, 13)
+        assert_index_matches_catalog(coll)
