@@ -202,6 +202,14 @@ def test_cli_import_errors_are_one_line(clip_dir, enc, tmp_path, capsys):
     (tmp_path / "v.npy").write_bytes(b"garbage")
     assert cli.main(["import", str(tmp_path / "v.npy"), "--collection", "c", "--model", str(clip_dir), *data]) == 2
     assert "not a readable .npy" in capsys.readouterr().err
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    assert cli.main(["import", str(tmp_path / "bad.parquet"), "--collection", "c", "--model", str(clip_dir),
+                     *data]) == 2
+    assert "unreadable parquet" in capsys.readouterr().err
+    pq.write_table(pa.table({"uri": ["a"], "n": [1]}), tmp_path / "novec.parquet")
+    assert cli.main(["import", str(tmp_path / "novec.parquet"), "--collection", "c", "--model", str(clip_dir),
+                     *data]) == 2
+    assert "no vector column" in capsys.readouterr().err
     np.save(tmp_path / "ok.npy", unit(np.random.default_rng(5), 2, enc.dim))
     (tmp_path / "ok.csv").write_text("uri\nx\ny\n")
     assert cli.main(["import", str(tmp_path / "ok.npy"), "--collection", "c", *data]) == 2  # new: needs --model
