@@ -5,6 +5,10 @@
     from indexer.jobs import JobOptions, index_paths, index_objects
     result = index_paths(store, "photos", enc, ["/data/photos", "extra.csv"], JobOptions(workers=2))
     result = index_objects(store, "photos", enc, [(b"...jpeg bytes...", {"tag": "x"}), ("/a.png", {})])
+    result = import_embeddings(store, "laion", enc, ["/data/clip-out"], ImportOptions(batch_size=10000))
+
+`import_embeddings` is the same job without decoding or encoding: precomputed vectors and their metadata
+(indexer/vector_sources.py) go through the same commit (`commit_batch`) and job record.
 
 Resumable: a uri already in the collection is skipped without being read (unless `update`, which reads it
 and re-embeds it when its sha256 changed), and content already in the collection (same sha256) is
@@ -36,9 +40,10 @@ from sqlalchemy import update
 from mmsearch.errors import InvalidInput, NothingIndexed
 from encoders.preprocess import DEFAULT_MAX_PIXELS
 from indexer.catalog import Job, JobError, utcnow
-from indexer.ingest import Ingest, Record, SourceItem, failure_reason, store_thumbnail
+from indexer.ingest import Ingest, Record, SourceItem, check_meta, failure_reason, store_thumbnail
 from indexer.sources import check_paths, count_paths, iter_objects, iter_paths
 from indexer.store import CollectionHandle, Store, UpsertRow
+from indexer.vector_sources import VectorRows, open_sources, unit_rows, vector_sha256
 
 log = logging.getLogger("mmsearch.indexer")
 
@@ -78,6 +83,7 @@ class JobResult:
     elapsed_s: float = 0.0
     decode_s: float = 0.0
     encode_s: float = 0.0
+    index_s: float = 0.0  # bringing the index up to date at the end (import: building it)
 
     @property
     def rate(self) -> float:
@@ -193,20 +199,98 @@ def run_job(store: Store, collection: str, encoder, items: Iterator[SourceItem],
 
 
 def _start_job(handle: CollectionHandle, sources: list[str], options: JobOptions, captioner, engine=None) -> int:
+    return start_job(handle, sources, {"workers": options.workers, "batch_size": options.batch_size,
+                                       "commit_every": options.commit_every, "update": options.update,
+                                       "max_pixels": options.max_pixels,
+                                       "caption_model": getattr(captioner, "name", None),
+                                       **(engine.describe() if engine is not None else {"engine": "local"})})
+
+
+def start_job(handle: CollectionHandle, sources: list[str], options: dict) -> int:
+    """Record a new job (of `index` or `import`); an unfinished job over the same sources is the one it
+    resumes (`resumed_from`). Returns the job id."""
     catalog = handle.catalog
     catalog.mark_stale_jobs(handle.id)
     unfinished = [j for j in catalog.list_jobs(handle.id, limit=20) if j.state != "done" and j.sources == sources]
     resumed = unfinished[0].id if unfinished else None
     with catalog.session() as s:
-        job = Job(collection_id=handle.id, sources=sources, resumed_from=resumed,
-                  options={"workers": options.workers, "batch_size": options.batch_size,
-                           "commit_every": options.commit_every, "update": options.update,
-                           "max_pixels": options.max_pixels,
-                           "caption_model": getattr(captioner, "name", None),
-                           **(engine.describe() if engine is not None else {"engine": "local"})})
+        job = Job(collection_id=handle.id, sources=sources, resumed_from=resumed, options=options)
         s.add(job)
         s.flush()
         return job.id
+
+
+def commit_batch(handle: CollectionHandle, job_id: int, rows: list[UpsertRow], errors: list[tuple[str, str]], *,
+                 seen: int, skipped: int, replace_uri: bool, timings: dict | None = None,
+                 apply_index: bool = True) -> tuple[int, int, int]:
+    """One transaction of a bulk job: new and changed items with their vectors, the errors, the job's
+    counts (and seconds spent, `timings`: decode_s / encode_s / commit_s). Then the open index (unless
+    not `apply_index`: the index catches up from the catalog when next opened). Returns (added, updated,
+    skipped): `skipped` counts `skipped` plus rows whose content is already held."""
+    timings = timings or {}
+    with handle.catalog.write(handle.id) as (s, rev):
+        outcome, ids, vecs = handle.write_rows(s, rev, rows, replace_uri=replace_uri)
+        added = sum(1 for _, what in outcome if what == "added")
+        updated = sum(1 for _, what in outcome if what == "updated")
+        # "duplicate": the same content is already indexed (an unchanged file, or a copy elsewhere)
+        skipped += len(outcome) - added - updated
+        if errors:
+            s.execute(JobError.__table__.insert(), [{"job_id": job_id, "uri": uri[:4000], "reason": reason[:2000],
+                                                     "created": utcnow()} for uri, reason in errors])
+        s.execute(update(Job).where(Job.id == job_id).values(
+            seen=Job.seen + seen, added=Job.added + added, updated_count=Job.updated_count + updated,
+            skipped=Job.skipped + skipped, failed=Job.failed + len(errors),
+            decode_s=Job.decode_s + timings.get("decode_s", 0.0), encode_s=Job.encode_s + timings.get("encode_s", 0.0),
+            commit_s=Job.commit_s + timings.get("commit_s", 0.0)))
+    if apply_index:
+        handle.apply_commit(rev, ids, vecs)
+    return added, updated, skipped
+
+
+def finish_job(handle: CollectionHandle, job_id: int, state: str, message: str | None) -> None:
+    """Save the index (retuned under an automatic spec when the job is done) and record how the job ended."""
+    try:
+        handle.save_index()
+        if state == "done":
+            handle.maybe_retrain()
+    except Exception as exc:
+        if state == "done":
+            raise
+        log.warning("could not save the index after the job stopped: %s", exc)  # rebuilt on next open
+    finally:
+        with handle.catalog.session() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(state=state, message=message, finished=utcnow()))
+
+
+def run_recorded(handle: CollectionHandle, job_id: int, result: JobResult, body, *, noun: str, bar=None) -> JobResult:
+    """Run a job's `body` and record how it ended (done, failed, interrupted), then bring the index up to
+    date (finish_job). `result.elapsed_s` is the body's time, `result.index_s` the index's. `bar()`: the
+    progress bar to close, if any. NothingIndexed when every input failed."""
+    t0 = time.perf_counter()
+    state, message = "done", None
+    try:
+        body()
+        if result.added + result.updated + result.skipped == 0 and result.failed:
+            state, message = "failed", f"nothing could be {noun}: {result.failed} inputs failed"
+    except KeyboardInterrupt:
+        state, message = "interrupted", "interrupted (Ctrl-C); rerun the same command to resume"
+        raise
+    except BaseException as exc:
+        state, message = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        shown = bar() if bar is not None else None
+        if shown is not None:
+            shown.close()
+        result.elapsed_s = time.perf_counter() - t0
+        try:
+            finish_job(handle, job_id, state, message)
+        finally:
+            result.state = state
+            result.index_s = time.perf_counter() - t0 - result.elapsed_s
+    if state == "failed":
+        raise NothingIndexed(f"{message} (see `mmsearch jobs --job {job_id}`)")
+    return result
 
 
 class _Runner:
@@ -232,15 +316,13 @@ class _Runner:
     # the whole job --------------------------------------------------------------------------------------------
 
     def run(self, items: Iterator[SourceItem]) -> JobResult:
-        t0 = time.perf_counter()
-        self.handle.refresh()  # open (or build) the index before the first commit touches it
-        if self.opt.progress:
-            from tqdm import tqdm
+        def body():
+            self.handle.refresh()  # open (or build) the index before the first commit touches it
+            if self.opt.progress:
+                from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, unit="img", dynamic_ncols=True, smoothing=0.1,
-                            desc=f"index {self.handle.name}")
-        state, message = "done", None
-        try:
+                self.bar = tqdm(total=self.total, unit="img", dynamic_ncols=True, smoothing=0.1,
+                                desc=f"index {self.handle.name}")
             if self.ray_engine is not None:
                 events = self.ray_engine.events(self, items)
             elif self.opt.workers == 0:
@@ -253,38 +335,8 @@ class _Runner:
             finally:
                 events.close()  # stops the workers now, also on Ctrl-C
             self._flush(final=True)
-            r = self.result
-            if r.added + r.updated + r.skipped == 0 and r.failed:
-                state, message = "failed", f"nothing could be indexed: {r.failed} inputs failed"
-        except KeyboardInterrupt:
-            state, message = "interrupted", "interrupted (Ctrl-C); rerun the same command to resume"
-            raise
-        except BaseException as exc:
-            state, message = "failed", f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            if self.bar is not None:
-                self.bar.close()
-            self.result.elapsed_s = time.perf_counter() - t0
-            self._finish(state, message)
-        if state == "failed":
-            raise NothingIndexed(f"{message} (see `mmsearch jobs --job {self.job_id}`)")
-        return self.result
 
-    def _finish(self, state: str, message: str | None) -> None:
-        try:
-            self.handle.save_index()
-            if state == "done":
-                self.handle.maybe_retrain()
-        except Exception as exc:
-            if state == "done":
-                raise
-            log.warning("could not save the index after the job stopped: %s", exc)  # rebuilt on next open
-        finally:
-            with self.catalog.session() as s:
-                s.execute(update(Job).where(Job.id == self.job_id)
-                          .values(state=state, message=message, finished=utcnow()))
-            self.result.state = state
+        return run_recorded(self.handle, self.job_id, self.result, body, noun="indexed", bar=lambda: self.bar)
 
     # event sources: in-process, or worker processes ----------------------------------------------------------
 
@@ -484,20 +536,10 @@ class _Runner:
             store_thumbnail(self.handle.store.media_dir, d)
         rows = [UpsertRow(uri=d.uri, sha256=d.sha256, width=d.width, height=d.height, vector=d.vector,
                           meta=d.meta or None, caption=d.caption) for d in batch]
-        with self.catalog.write(self.handle.id) as (s, rev):
-            outcome, ids, vecs = self.handle.write_rows(s, rev, rows, replace_uri=self.opt.update)
-            added = sum(1 for _, what in outcome if what == "added")
-            updated = sum(1 for _, what in outcome if what == "updated")
-            # "duplicate": the same content is already indexed (an unchanged file, or a copy elsewhere)
-            skipped = len(outcome) - added - updated + counts["skipped"]
-            for uri, reason in errors:
-                s.add(JobError(job_id=self.job_id, uri=uri[:4000], reason=reason[:2000]))
-            s.execute(update(Job).where(Job.id == self.job_id).values(
-                seen=Job.seen + counts["seen"], added=Job.added + added, updated_count=Job.updated_count + updated,
-                skipped=Job.skipped + skipped, failed=Job.failed + len(errors),
-                decode_s=Job.decode_s + self.pending_decode_s, encode_s=Job.encode_s + self.pending_encode_s,
-                commit_s=Job.commit_s + self.pending_commit_s))
-        self.handle.apply_commit(rev, ids, vecs)
+        added, updated, skipped = commit_batch(
+            self.handle, self.job_id, rows, errors, seen=counts["seen"], skipped=counts["skipped"],
+            replace_uri=self.opt.update, timings={"decode_s": self.pending_decode_s, "encode_s": self.pending_encode_s,
+                                                   "commit_s": self.pending_commit_s})
         r = self.result
         r.seen += counts["seen"]
         r.added += added
@@ -518,3 +560,148 @@ def _put_until(q, item, stop: threading.Event) -> None:
             return
         except queue.Full:
             continue
+
+
+# ---- importing precomputed embeddings ------------------------------------------------------------------------
+
+
+@dataclass
+class ImportOptions:
+    batch_size: int = 10_000  # rows per catalog transaction
+    update: bool = False  # replace items whose uri is already in the collection (else they are skipped)
+    progress: bool = False
+    vector_column: str | None = None  # parquet: the vector column, when there are several
+    manifest: str | None = None  # .npy: its manifest, when not beside it
+
+    def check(self) -> None:
+        if not 1 <= self.batch_size <= 1_000_000:
+            raise InvalidInput(f"batch must be 1..1000000 rows, got {self.batch_size}")
+
+
+def import_embeddings(store: Store, collection: str, encoder, paths: Iterable[str],
+                      options: ImportOptions | None = None, *, index_spec: str | None = None) -> JobResult:
+    """Import precomputed embeddings with their metadata (indexer/vector_sources.py: clip-retrieval output,
+    parquet, .npy + manifest) into `collection`, created and bound to `encoder` if new (so text queries
+    use it). Vectors must have the encoder's dim; they are L2-normalised on the way in. Each batch is one
+    catalog transaction of the same kind `index` commits (rows, vectors, errors, job counts); like
+    `index`, a rerun skips uris already in the collection, so a killed import resumed with the same
+    command ends with every row present once. The index is not kept up to date while rows stream in: it
+    is built (or caught up) from the catalog once at the end."""
+    options = options or ImportOptions()
+    options.check()
+    sources = open_sources(paths, vector_column=options.vector_column, manifest=options.manifest)
+    for src in sources:
+        if src.dim != int(encoder.dim):
+            raise InvalidInput(f"import: {src.path} holds {src.dim}-d vectors; {encoder.name} makes "
+                               f"{encoder.dim}-d ones (give the model the vectors were made with)")
+    handle = store.open_or_create(collection, encoder, index_spec)
+    names = [src.path for src in sources]
+    job_id = start_job(handle, names, {"kind": "import", "batch_size": options.batch_size, "update": options.update,
+                                       "model": encoder.name})
+    return _Importer(handle, job_id, options).run(sources)
+
+
+class _Importer:
+    def __init__(self, handle: CollectionHandle, job_id: int, options: ImportOptions):
+        self.handle, self.job_id, self.opt = handle, job_id, options
+        self.result = JobResult(job_id=job_id, state="running")
+        self.problems: list[tuple[str, str]] = []  # shard-level errors waiting for the next commit
+
+    def run(self, sources) -> JobResult:
+        bar = None
+
+        def body():
+            nonlocal bar
+            if self.opt.progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=sum(src.rows for src in sources), unit="row", unit_scale=True, dynamic_ncols=True,
+                           smoothing=0.1, desc=f"import {self.handle.name}")
+            for src in sources:
+                for part in src.batches(self.opt.batch_size):
+                    if isinstance(part, VectorRows):
+                        self._commit(part)
+                        if bar is not None:
+                            bar.update(len(part.uris))
+                            r = self.result
+                            bar.set_postfix(added=r.added, skipped=r.skipped, errors=r.failed)
+                    else:
+                        self.problems.append((part.where, part.reason))
+            if self.problems:
+                self._commit(None)
+
+        return run_recorded(self.handle, self.job_id, self.result, body, noun="imported", bar=lambda: bar)
+
+    def _commit(self, part) -> None:
+        t0 = time.perf_counter()
+        rows, errors, seen = ([], [], 0) if part is None else self._rows(part)
+        errors = self.problems + errors
+        seen += len(self.problems)
+        self.problems = []
+        skipped = 0
+        if not self.opt.update:
+            # a uri twice: the first row wins, within a batch as across batches (a known uri is skipped)
+            first: dict[str, UpsertRow] = {}
+            for r in rows:
+                first.setdefault(r.uri, r)
+            unique = list(first.values())
+            known = self.handle.catalog.existing_uris(self.handle.id, [r.uri for r in unique]) if unique else {}
+            fresh = [r for r in unique if r.uri not in known]  # resume: rows already imported are not written again
+            skipped, rows = len(rows) - len(fresh), fresh
+        added, updated, skipped = commit_batch(
+            self.handle, self.job_id, rows, errors, seen=seen, skipped=skipped, replace_uri=self.opt.update,
+            timings={"commit_s": time.perf_counter() - t0}, apply_index=False)
+        r = self.result
+        r.seen += seen
+        r.added += added
+        r.updated += updated
+        r.skipped += skipped
+        r.failed += len(errors)
+
+    def _rows(self, part) -> tuple[list[UpsertRow], list[tuple[str, str]], int]:
+        """The importable rows of a batch (normalised vectors, sha256 of their bytes, metadata split into
+        width / height / caption and the rest) and the errors of the others."""
+        vectors, unusable = unit_rows(part.vectors)
+        n = len(vectors)
+        rows: list[UpsertRow] = []
+        errors: list[tuple[str, str]] = []
+        for i in range(n):
+            if i in part.bad:
+                errors.append((part.label(i), part.bad[i]))
+                continue
+            if i in unusable:
+                errors.append((part.label(i), unusable[i]))
+                continue
+            uri = part.uris[i]
+            if uri is not None and not isinstance(uri, str):
+                uri = str(uri)
+            if not uri:
+                errors.append((part.label(i), "row has no uri"))
+                continue
+            meta = part.metas[i]
+            width, height, caption = _take_int(meta, "width"), _take_int(meta, "height"), meta.get("caption")
+            if isinstance(caption, str):
+                del meta["caption"]
+            else:
+                caption = None
+            problem = check_meta(meta)
+            if problem:
+                errors.append((uri, problem))
+                continue
+            vec = vectors[i]
+            rows.append(UpsertRow(uri=uri, sha256=vector_sha256(vec), width=width,
+                                  height=height, vector=vec, meta=meta or None, caption=caption))
+        return rows, errors, n
+
+
+def _take_int(meta: dict, key: str) -> int:
+    """An integer width / height column moves to the item's built-in column (0 when absent)."""
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return 0
+    if isinstance(value, float) and not value.is_integer():
+        return 0
+    if not 0 <= value < 2**31:
+        return 0
+    del meta[key]
+    return int(value)

@@ -64,7 +64,7 @@ def check_paths(paths: Iterable[str]) -> list[str]:
         if not os.path.lexists(p):
             raise InvalidInput(f"index: {p}: no such file or folder")
         if os.path.isfile(p) and manifest_kind(p):
-            _manifest_uri_column(p)  # a manifest we cannot use is a usage error, not a per-item error
+            manifest_uri_column(p)  # a manifest we cannot use is a usage error, not a per-item error
         out.append(os.path.abspath(p))
     if not out:
         raise InvalidInput("index: give at least one folder, image file or manifest")
@@ -132,7 +132,7 @@ def _file_item(path: str, *, explicit: bool) -> SourceItem | None:
 # ---- manifests ----------------------------------------------------------------------------------------------
 
 
-def _manifest_uri_column(path: str) -> str:
+def manifest_uri_column(path: str) -> str:
     kind = manifest_kind(path)
     try:
         with open(path, newline="", encoding="utf-8") as fh:
@@ -160,33 +160,45 @@ def _manifest_uri_column(path: str) -> str:
 
 def iter_manifest(path: str) -> Iterator[SourceItem]:
     path = os.path.abspath(path)
-    column = _manifest_uri_column(path)
     base = os.path.dirname(path)
+    for where, uri, meta, error in manifest_rows(path):
+        if error:
+            yield SourceItem(uri=where, error=error)
+        else:
+            yield _manifest_item(where, base, uri, meta)
+
+
+def manifest_rows(path: str) -> Iterator[tuple[str, object, dict, str | None]]:
+    """Each row of a manifest as (where: "FILE:LINE", its uri cell as found, the other cells as metadata,
+    the reason the row is unusable or None). Shared by `index` (the uri names an image file) and `import`
+    (the uri is a label beside a vector)."""
+    path = os.path.abspath(path)
+    column = manifest_uri_column(path)
     with open(path, newline="", encoding="utf-8", errors="replace") as fh:
         if manifest_kind(path) == "csv":
             reader = csv.DictReader(fh)
             for lineno, row in enumerate(reader, start=2):
                 row = {(k or "").strip(): v for k, v in row.items() if k is not None}
                 meta = {k: _csv_value(v) for k, v in row.items() if k != column and v not in (None, "")}
-                yield _manifest_item(path, lineno, base, row.get(column), meta)
+                yield f"{path}:{lineno}", row.get(column), meta, None
         else:
             for lineno, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
+                where = f"{path}:{lineno}"
                 try:
                     obj = json.loads(line)
                 except ValueError as exc:
-                    yield SourceItem(uri=f"{path}:{lineno}", error=f"manifest line is not JSON ({exc})")
+                    yield where, None, {}, f"manifest line is not JSON ({exc})"
                     continue
                 if not isinstance(obj, dict):
-                    yield SourceItem(uri=f"{path}:{lineno}", error="manifest line is not a JSON object")
+                    yield where, None, {}, "manifest line is not a JSON object"
                     continue
                 uri = obj.pop(column, None)
-                yield _manifest_item(path, lineno, base, uri, obj)
+                yield where, uri, obj, None
 
 
-def _manifest_item(manifest: str, lineno: int, base: str, uri, meta: dict) -> SourceItem:
-    where = f"{manifest}:{lineno}"
+def _manifest_item(where: str, base: str, uri, meta: dict) -> SourceItem:
     if not isinstance(uri, str) or not uri.strip():
         return SourceItem(uri=where, error="manifest row has no uri")
     uri = uri.strip()

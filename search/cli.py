@@ -108,6 +108,28 @@ def _ray_options(args: argparse.Namespace):
     return options
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    import encoders
+    from indexer.jobs import ImportOptions, import_embeddings
+
+    options = ImportOptions(batch_size=args.batch, update=args.update, vector_column=args.vector_column,
+                            manifest=args.manifest, progress=not args.no_progress and sys.stderr.isatty())
+    options.check()
+    with _open_store(args) as store:
+        if args.model:
+            enc = encoders.load(args.model, device="cpu")
+        elif store.catalog.find_collection(args.collection) is not None:
+            enc = store.encoder_for(args.collection)
+        else:
+            raise InvalidInput(f"import: collection {args.collection!r} is new: give --model (the encoder the "
+                               "vectors were made with; text queries use it)")
+        result = import_embeddings(store, args.collection, enc, args.paths, options, index_spec=args.index)
+    print(f"job {result.job_id}: {result.added} added, {result.updated} updated, {result.skipped} skipped, "
+          f"{result.failed} errors in {result.elapsed_s:.1f}s ({result.rate:,.0f} rows/s), then the index in {result.index_s:.1f}s"
+          + (f"; see `mmsearch jobs --job {result.job_id}`" if result.failed else ""))
+    return 0
+
+
 def cmd_rebuild(args: argparse.Namespace) -> int:
     import time
 
@@ -164,9 +186,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         jobs = [catalog.get_job(args.job)] if args.job is not None else catalog.list_jobs(cid, limit=args.limit)
         rows = []
         for job in jobs:
+            kind = (job.options or {}).get("kind", "index")
             show = args.errors or (None if args.job is not None else 0)
             errors = catalog.job_errors(job.id, limit=show) if show != 0 else []
-            rows.append({"id": job.id, "collection": names.get(job.collection_id), "state": job.state,
+            rows.append({"id": job.id, "kind": kind, "collection": names.get(job.collection_id), "state": job.state,
                          "sources": job.sources, "seen": job.seen, "added": job.added,
                          "updated": job.updated_count, "skipped": job.skipped, "failed": job.failed,
                          "started": job.started.isoformat(timespec="seconds") + "Z",
@@ -177,9 +200,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=1))
         return 0
-    print("job\tcollection\tstate\tadded\tupdated\tskipped\terrors\tstarted\tsources")
+    print("job\tkind\tcollection\tstate\tadded\tupdated\tskipped\terrors\tstarted\tsources")
     for r in rows:
-        print(f"{r['id']}\t{r['collection']}\t{r['state']}\t{r['added']}\t{r['updated']}\t{r['skipped']}\t"
+        print(f"{r['id']}\t{r['kind']}\t{r['collection']}\t{r['state']}\t{r['added']}\t{r['updated']}\t{r['skipped']}\t"
               f"{r['failed']}\t{r['started']}\t{' '.join(r['sources'])}")
         if r["message"]:
             print(f"\t{r['message']}")
@@ -389,6 +412,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per encoder actor (default 0: CPU)")
     data_args(p)
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("import", help="import precomputed embeddings with metadata: clip-retrieval output "
+                       "(img_emb/ + metadata/), parquet (uri, vector, metadata columns), .npy + manifest")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--collection", required=True)
+    p.add_argument("--model", help="the encoder the vectors were made with (needed when the collection is new; "
+                   "its dim must match, text queries use it)")
+    p.add_argument("--batch", type=int, default=10_000, metavar="N", help="rows per catalog transaction")
+    p.add_argument("--update", action="store_true", help="replace items whose uri is already in the collection "
+                   "(default: skip them, so a rerun resumes)")
+    p.add_argument("--vector-column", metavar="NAME", help="parquet: the vector column, when there are several")
+    p.add_argument("--manifest", metavar="FILE", help=".npy: its JSONL / CSV manifest (default: FILE.jsonl, "
+                   ".ndjson or .csv beside it)")
+    p.add_argument("--index", metavar="SPEC", help="index kind for a new collection: auto|flat|ivf[N]|hnsw[M]")
+    p.add_argument("--no-progress", action="store_true")
+    data_args(p)
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("rebuild", help="rebuild a collection's FAISS index from the catalog")
     p.add_argument("--collection", required=True)

@@ -177,12 +177,13 @@ class SearchClient:
         metadata = struct_pb2.Struct()
         if item.get("metadata"):
             metadata.update(item["metadata"])
+        vector = item.get("vector")
         return pb.UpsertItem(uri=item.get("uri", ""), image=item.get("image", b""), metadata=metadata,
-                             caption=item.get("caption", ""))
+                             caption=item.get("caption", ""), vector=[] if vector is None else list(map(float, vector)))
 
     def upsert(self, collection: str, items: Iterable[pb.UpsertItem | dict], *,
                timeout: float | None = None) -> pb.UpsertResponse:
-        """Stream items (UpsertItem or dicts with image / uri / metadata / caption) into a collection."""
+        """Stream items (UpsertItem or dicts with image / uri / metadata / caption / vector) into a collection."""
         def stream():
             for i, item in enumerate(items):
                 yield pb.UpsertRequest(collection=collection if i == 0 else "", item=self._item(item))

@@ -190,7 +190,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             for message in request_iterator:
                 item = message.item
                 yield message.collection, UpsertInput(uri=item.uri, image=bytes(item.image),
-                                                      metadata=struct_to_dict(item.metadata), caption=item.caption)
+                                                      metadata=struct_to_dict(item.metadata), caption=item.caption,
+                                                      vector=list(item.vector) or None)
 
         result = self.service.upsert(stream(), deadline)
         response = pb.UpsertResponse(upserted=result.upserted, failed=result.failed)

@@ -46,12 +46,14 @@ class Embedded:
 
 @dataclass
 class UpsertInput:
-    """One item of an Upsert: image bytes, or a server-side path as uri (under the image roots)."""
+    """One item of an Upsert: image bytes, or a server-side path as uri (under the image roots); or its
+    own `vector` (the collection's dim), with the image optional."""
 
     uri: str = ""
     image: bytes = b""
     metadata: dict = field(default_factory=dict)
     caption: str = ""
+    vector: list[float] | None = None
 
 
 @dataclass
@@ -232,16 +234,37 @@ class Service:
     def upsert(self, stream: Iterable[tuple[str, UpsertInput]], deadline: float) -> Upserted:
         """Write a stream of (collection, item) pairs; the first names the collection, later ones may leave
         it empty. Items go through the ingest path (indexer/ingest.py) and are decoded under the pixel budget
-        and encoded in chunks; each gets a status."""
-        from indexer.ingest import SourceItem, store_thumbnail
+        and encoded in chunks; each gets a status. An item with its own vector is not encoded; without an
+        image it is not read or decoded either."""
+        from indexer.ingest import SourceItem, check_meta, store_thumbnail
         from indexer.store import UpsertRow
+        from indexer.vector_sources import unit_rows, vector_sha256
 
         statuses: list[ItemStatus] = []
         state: dict = {}  # handle, enc
-        read: dict[int, object] = {}  # index -> ingest.Read, waiting for its decoded image
+        read: dict[int, tuple] = {}  # index -> (ingest.Read, given vector or None), waiting for its decoded image
+        given_only: list[tuple[int, UpsertRow]] = []  # vector items without an image, waiting to be written
 
         def fail(index: int, uri: str, exc: MMSearchError):
             statuses.append(ItemStatus(index=index, uri=uri[:4096], ok=False, error=exc.brief(), status=exc.grpc_status))
+
+        def write(batch: list[tuple[int, UpsertRow]]) -> None:
+            for (index, row), (item_id, problem) in zip(batch, state["handle"].upsert([row for _, row in batch])):
+                if problem is None:
+                    statuses.append(ItemStatus(index=index, uri=row.uri, ok=True, id=item_id))
+                else:
+                    statuses.append(ItemStatus(index=index, uri=row.uri, ok=False, id=item_id, error=problem,
+                                               status="ALREADY_EXISTS"))
+
+        def given_vector(item: UpsertInput):
+            dim = state["handle"].dim
+            if len(item.vector) != dim:
+                raise InvalidInput(f"vector has {len(item.vector)} values; collection {state['handle'].name!r} "
+                                   f"has dim {dim}")
+            unit, problems = unit_rows(np.asarray(item.vector, dtype=np.float32))
+            if problems:
+                raise InvalidInput(problems[0])
+            return unit[0]
 
         def blobs() -> Iterator[tuple[int, bytes]]:
             for index, (collection, item) in enumerate(stream):
@@ -254,35 +277,48 @@ class Service:
                     raise InvalidInput(f"message {index} names collection {collection!r}; "
                                        f"this stream writes {state['handle'].name!r}")
                 try:
-                    read[index] = self.ingest.read(SourceItem(uri=item.uri, data=bytes(item.image) or None,
-                                                              meta=item.metadata, caption=item.caption or None))
-                    yield index, read[index].data
+                    vector = given_vector(item) if item.vector else None
+                    if vector is not None and not item.image:
+                        # bring-your-own embedding, no image: the uri is a label, the content key the vector
+                        problem = check_meta(item.metadata)
+                        if problem:
+                            raise InvalidInput(problem)
+                        sha = vector_sha256(vector)
+                        given_only.append((index, UpsertRow(uri=item.uri or f"sha256:{sha}", sha256=sha, width=0,
+                                                            height=0, vector=vector, meta=item.metadata,
+                                                            caption=item.caption or None)))
+                        if len(given_only) >= UPSERT_CHUNK:
+                            write(given_only)
+                            given_only.clear()
+                        continue
+                    got = self.ingest.read(SourceItem(uri=item.uri, data=bytes(item.image) or None,
+                                                      meta=item.metadata, caption=item.caption or None))
+                    read[index] = (got, vector)
+                    yield index, got.data
                 except MMSearchError as exc:
                     fail(index, item.uri, exc)
 
         def decode_failed(index: int, exc: MMSearchError):
-            fail(index, read.pop(index).uri if index in read else "", exc)
+            fail(index, read.pop(index)[0].uri if index in read else "", exc)
 
         for chunk in self.searcher.decode(blobs(), deadline, label=lambda i: f"item {i}: image",
                                           on_error=decode_failed, chunk_count=UPSERT_CHUNK):
-            handle, enc = state["handle"], state["enc"]
-            vectors = enc.encode_images([image for _, image in chunk], timeout=remaining(deadline, "encoding"))
-            rows, indices = [], []
-            for (index, image), vector in zip(chunk, vectors):
-                item = read.pop(index)
-                if item.uploaded and self.config.keep_images:  # rerank and captions read these bytes back later
-                    self._keep_image(item.sha256, item.data)
-                record = self.ingest.finish(item, image)
+            enc = state["enc"]
+            items = [(index, image, *read.pop(index)) for index, image in chunk]
+            to_encode = [image for _, image, _, vector in items if vector is None]
+            encoded = iter(enc.encode_images(to_encode, timeout=remaining(deadline, "encoding")) if to_encode else ())
+            batch = []
+            for index, image, got, vector in items:
+                if got.uploaded and self.config.keep_images:  # rerank and captions read these bytes back later
+                    self._keep_image(got.sha256, got.data)
+                record = self.ingest.finish(got, image)
                 store_thumbnail(self.store.media_dir, record)
-                rows.append(UpsertRow(uri=record.uri, sha256=record.sha256, width=record.width,
-                                      height=record.height, vector=vector, meta=record.meta, caption=record.caption))
-                indices.append(index)
-            for index, row, (item_id, problem) in zip(indices, rows, handle.upsert(rows)):
-                if problem is None:
-                    statuses.append(ItemStatus(index=index, uri=row.uri, ok=True, id=item_id))
-                else:
-                    statuses.append(ItemStatus(index=index, uri=row.uri, ok=False, id=item_id, error=problem,
-                                               status="ALREADY_EXISTS"))
+                batch.append((index, UpsertRow(uri=record.uri, sha256=record.sha256, width=record.width,
+                                               height=record.height, vector=next(encoded) if vector is None else vector,
+                                               meta=record.meta, caption=record.caption)))
+            write(batch)
+        if given_only:
+            write(given_only)
         if "handle" not in state:
             raise InvalidInput("empty Upsert stream: send at least one item")
         statuses.sort(key=lambda s: s.index)

@@ -221,6 +221,35 @@ def test_upsert_reports_each_item(client, server, photos):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "empty Upsert stream" in details
 
 
+def test_upsert_with_own_vectors(client, server):
+    """UpsertItem.vector: no image needed (the uri is a label), dim checked, normalised; with an image the
+    image gives the size and the given vector is stored as sent (not re-encoded)."""
+    info = client.create_collection("byo", model=server.model)
+    rng = np.random.default_rng(7)
+    v = rng.standard_normal((3, info.dim)).astype(np.float32)
+    items = [
+        {"uri": "s3://bucket/a.jpg", "vector": 3 * v[0], "metadata": {"src": "laion"}},
+        {"uri": "b", "vector": v[1][:-1]},
+        {"uri": "c", "vector": np.zeros(info.dim)},
+        {"uri": "d.png", "image": png_bytes(5, 41, 33), "vector": v[2]},
+        {"uri": "copy", "vector": 3 * v[0]},
+        {"uri": "/not/read/by/the/server.jpg", "vector": v[1]},
+    ]
+    st = client.upsert("byo", items).statuses
+    assert [s.ok for s in st] == [True, False, False, True, False, True]
+    assert st[1].code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and f"has dim {info.dim}" in st[1].error
+    assert "all zeros" in st[2].error
+    assert st[4].code == grpc.StatusCode.ALREADY_EXISTS.value[0] and st[4].id == st[0].id
+    a, d = client.get("byo", [st[0].id, st[3].id], include_vector=True)
+    np.testing.assert_allclose(a.vector.values, v[0] / np.linalg.norm(v[0]), atol=1e-6)
+    assert a.uri == "s3://bucket/a.jpg" and struct_to_dict(a.metadata) == {"src": "laion"} and a.width == 0
+    np.testing.assert_allclose(d.vector.values, v[2] / np.linalg.norm(v[2]), atol=1e-6)
+    assert (d.width, d.height) == (41, 33)
+    hits = client.search("byo", vector=v[0], top_k=2).hits
+    assert hits[0].id == st[0].id and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    client.drop_collection("byo")
+
+
 def test_get_and_delete(client, photos):
     items = client.get("photos", [photos[5], photos[2]], include_vector=True)
     assert [i.id for i in items] == [photos[5], photos[2]]

@@ -14,7 +14,8 @@ PROJECTION_DIM = 16
 EXTRA_TOKEN = "<|extra|>"
 
 
-def make_tiny_clip(out: Path, *, seed: int = 0, hidden_act: str = "quick_gelu", pad_token: str | None = None):
+def make_tiny_clip(out: Path, *, seed: int = 0, hidden_act: str = "quick_gelu", pad_token: str | None = None,
+                   projection_dim: int = PROJECTION_DIM):
     """Save a tiny CLIPModel and its CLIPProcessor in `out`; returns (out, slow tokenizer files).
     `pad_token="!"` pads the way the laion/CLIP-ViT-* tokenizers do (an ordinary token, not <|endoftext|>)."""
     import torch
@@ -33,7 +34,7 @@ def make_tiny_clip(out: Path, *, seed: int = 0, hidden_act: str = "quick_gelu", 
                          pad_token_id=tokenizer.pad_token_id),
         vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                            image_size=32, patch_size=8, hidden_act=hidden_act),
-        projection_dim=PROJECTION_DIM,
+        projection_dim=projection_dim,
     )
     torch.manual_seed(seed)
     model = CLIPModel(config).eval()

@@ -248,16 +248,18 @@ class AskResponse(_message.Message):
     def __init__(self, answers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpsertItem(_message.Message):
-    __slots__ = ("uri", "image", "metadata", "caption")
+    __slots__ = ("uri", "image", "metadata", "caption", "vector")
     URI_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     CAPTION_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
     uri: str
     image: bytes
     metadata: _struct_pb2.Struct
     caption: str
-    def __init__(self, uri: _Optional[str] = ..., image: _Optional[bytes] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., caption: _Optional[str] = ...) -> None: ...
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, uri: _Optional[str] = ..., image: _Optional[bytes] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., caption: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("collection", "item")
