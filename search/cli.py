@@ -77,8 +77,9 @@ def cmd_index(args: argparse.Namespace) -> int:
             enc.image_preprocessor.exact_decode = True
         captioner = (encoders.load_captioner(args.caption, device=args.device, dtype=args.dtype)
                      if args.caption else None)
+        text_fields = None if args.text_fields is None else [f for f in args.text_fields.split(",") if f.strip()]
         result = index_paths(store, args.collection, enc, args.paths, options, captioner=captioner,
-                             index_spec=args.index)
+                             index_spec=args.index, text_fields=text_fields)
     print(f"job {result.job_id}: {result.added} added, {result.updated} updated, {result.skipped} skipped, "
           f"{result.failed} errors in {result.elapsed_s:.1f}s ({result.rate:.1f} images/s)"
           + (f"; see `mmsearch jobs --job {result.job_id}`" if result.failed else ""))
@@ -349,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update", action="store_true", help="re-embed known files whose content changed")
     p.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images (0: no limit)")
     p.add_argument("--index", metavar="SPEC", help="index kind for a new collection: auto|flat|ivf[N]|hnsw[M]")
+    p.add_argument("--text-fields", metavar="F1,F2", default=None,
+                   help="metadata fields the keyword index holds beside captions and file names (e.g. title,tags); "
+                   "given for an existing collection, they replace its fields and its text index is rewritten")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="encoder and captioner weights")
