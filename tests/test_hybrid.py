@@ -260,3 +260,57 @@ def test_upgrade_of_a_schema_2_catalog(tmp_path, db_url):
     store.collection("photos").set_text_fields(["title"])
     assert len(store.catalog.keyword_search(coll.id, "sunday")) == 1
     store.close()
+
+
+def test_keywords_on_grpc_http_and_the_cli(tmp_path, tiny_siglip_dir, capsys):
+    import json
+
+    import requests
+
+    from search.cli import main
+    from search.client import SearchClient
+    from search.config import ServerConfig
+    from search.server import start
+    from search_helpers import png_bytes
+
+    config = ServerConfig(address="127.0.0.1:0", http="127.0.0.1:0", data_dir=str(tmp_path / "data"),
+                          health_grace_s=0, batch_wait_ms=1, allow_models=[str(tiny_siglip_dir)])
+    srv = start(config)
+    try:
+        with SearchClient(f"127.0.0.1:{srv.port}", retries=0) as client:
+            info = client.create_collection("photos", model=str(tiny_siglip_dir), text_fields=["title"])
+            assert list(info.text_fields) == ["title"]
+            items = [{"image": png_bytes(i), "uri": f"IMG_{i}_{word}.png", "caption": caption,
+                      "metadata": {"title": title}}
+                     for i, (word, caption, title) in enumerate([("red-car", "a car", "sunday"),
+                                                                 ("beach", "a red kite", "holiday"),
+                                                                 ("dog", "a dog", "sunday walk")])]
+            ids = [s.id for s in client.upsert("photos", items).statuses]
+            r = client.search("photos", keywords="red", top_k=5)
+            assert r.score_kind == "keyword" and {h.id for h in r.hits} == {ids[0], ids[1]}
+            assert all(h.HasField("keyword_score") and not h.HasField("vector_score") for h in r.hits)
+            both = client.search("photos", text="a photo", keywords="sunday", top_k=5, filter="meta.title != 'x'")
+            assert both.score_kind == "rrf" and len(both.hits) == 3 and both.timing.keyword_ms > 0
+            assert {h.id for h in both.hits[:2]} == {ids[0], ids[2]}  # in both lists: ahead of the vector-only one
+            http = requests.post(f"http://127.0.0.1:{srv.http_port}/api/v1/collections/photos/search",
+                                 json={"text": "a photo", "keywords": "sunday", "top_k": 5,
+                                       "filter": "meta.title != 'x'"}, timeout=60).json()
+            assert http["score_kind"] == "rrf" and [h["id"] for h in http["hits"]] == [h.id for h in both.hits]
+            assert http["hits"][0]["keyword_score"] == pytest.approx(both.hits[0].keyword_score)
+            bad = requests.post(f"http://127.0.0.1:{srv.http_port}/api/v1/collections/photos/search",
+                                json={"keywords": "x" * 2000}, timeout=60)
+            assert bad.status_code == 400 and "longer than" in bad.json()["error"]["message"]
+        capsys.readouterr()
+        assert main(["query", "--keywords", 'walk" OR *', "--collection", "photos", "--server",
+                     f"127.0.0.1:{srv.port}", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["score_kind"] == "keyword" and [h["id"] for h in out["hits"]] == []  # "or" is a word too
+        assert main(["query", "--keywords", "walk", "--collection", "photos", "--server",
+                     f"127.0.0.1:{srv.port}", "--json"]) == 0
+        assert [h["id"] for h in json.loads(capsys.readouterr().out)["hits"]] == [ids[2]]
+    finally:
+        srv.stop(1)
+    assert main(["query", "--keywords", "IMG 1", "--collection", "photos", "--data-dir", str(tmp_path / "data")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("rank\tid\tkeyword_score") and [line.split("\t")[1] for line in table[1:]] == [
+        str(ids[1])]
