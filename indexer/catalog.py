@@ -419,6 +419,14 @@ def _keyword_statement(dialect: str, condition=None):
 
 
 _KEYWORDS = {dialect: _keyword_statement(dialect) for dialect in ("sqlite", "postgresql")}
+# SQLite, no filter: rank the text index alone (no items row read per match), then check which of the best
+# :m are live items of the collection (one primary-key read each); Catalog.keyword_search goes deeper when
+# too few are. The same order as _keyword_statement: (score desc, id) is a total order.
+_FTS_SCORE = -func.bm25(literal_column("item_text"))
+_FTS_RANKED = (select(literal_column("rowid"), _FTS_SCORE.label("score")).select_from(table("item_text"))
+               .where(literal_column("item_text").op("MATCH")(bindparam("q")))
+               .order_by(_FTS_SCORE.desc(), literal_column("rowid")).limit(bindparam("m")))
+_LIVE_IDS = select(Item.id).where(_live_by_ids(bindparam("cid"), bindparam("ids", expanding=True)))
 
 
 class Catalog:
@@ -717,12 +725,30 @@ class Catalog:
         params = {"cid": int(collection_id), "n": int(limit),
                   "q": text_index.fts5_query(terms) if self.dialect == "sqlite" else text_index.tsquery(terms)}
         flt = as_filter(where)
-        if flt is None:
+        if flt is None and self.dialect == "sqlite":
+            rows = self._ranked_then_checked(params)
+        elif flt is None:
             rows = self.read(_KEYWORDS[self.dialect], params)
         else:
             with self.filter_errors(), self.session() as s:
                 rows = s.execute(_keyword_statement(self.dialect, flt.condition), params).all()
         return [(int(i), float(score)) for i, score in rows]
+
+    def _ranked_then_checked(self, params: dict) -> list[tuple]:
+        """SQLite keyword matches without a filter (see _FTS_RANKED): a few rounds of rank-then-check, then
+        the join that checks every match."""
+        limit = params["n"]
+        fetch = max(2 * limit, 64)
+        for _ in range(3):
+            ranked = self.read(_FTS_RANKED, {"q": params["q"], "m": fetch})
+            live: set[int] = set()
+            for chunk in _chunks([int(r[0]) for r in ranked], BIND_CHUNK):
+                live.update(int(r[0]) for r in self.read(_LIVE_IDS, {"cid": params["cid"], "ids": chunk}))
+            kept = [r for r in ranked if int(r[0]) in live]
+            if len(kept) >= limit or len(ranked) < fetch:  # enough, or every match was seen
+                return kept[:limit]
+            fetch *= 4
+        return self.read(_KEYWORDS[self.dialect], params)  # the collection holds few of the matches
 
     def existing_uris(self, collection_id: int, uris: Sequence[str]) -> dict[str, tuple[int, str]]:
         """uri -> (id, sha256) for the live items among `uris`."""
@@ -877,7 +903,7 @@ class Catalog:
                     conn.exec_driver_sql("PRAGMA analysis_limit=2000")
                     conn.exec_driver_sql("ANALYZE")
                 else:
-                    for table in ("items", "item_vectors", "meta_keys", "meta_num", "meta_str"):
+                    for table in ("items", "item_vectors", "meta_keys", "meta_num", "meta_str", "item_text"):
                         conn.exec_driver_sql(f"ANALYZE {table}")
 
     def _text_fields(self, conn, collection_id: int) -> list[str]:

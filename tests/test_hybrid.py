@@ -314,3 +314,53 @@ def test_keywords_on_grpc_http_and_the_cli(tmp_path, tiny_siglip_dir, capsys):
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("rank\tid\tkeyword_score") and [line.split("\t")[1] for line in table[1:]] == [
         str(ids[1])]
+
+
+def test_bulk_job_writes_documents_with_the_named_fields(tmp_path, tiny_siglip_dir, capsys):
+    import json
+
+    from images import random_image
+    from search.cli import main
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    lines = []
+    for i, (name, tags) in enumerate([("Sunset_Pier.png", ["beach", "evening"]), ("snow-day.png", ["winter"])]):
+        random_image(24, 20, seed=i).save(folder / name)
+        lines.append(json.dumps({"uri": str(folder / name), "tags": tags, "note": "beach"}))
+    (tmp_path / "list.jsonl").write_text("\n".join(lines) + "\n")
+    data = ["--data-dir", str(tmp_path / "data")]
+    assert main(["index", str(tmp_path / "list.jsonl"), "--collection", "c", "--model", str(tiny_siglip_dir),
+                 "--workers", "0", "--text-fields", "tags", *data]) == 0
+    store = Store.open(tmp_path / "data")
+    try:
+        coll = store.collection("c")
+        assert coll.row.text_fields == ["tags"]
+        by_uri = {r.uri: r.id for r in coll.get(store.catalog.select_ids(coll.id)).values()}
+        pier = by_uri[str(folder / "Sunset_Pier.png")]
+        assert [i for i, _ in store.catalog.keyword_search(coll.id, "beach")] == [pier]  # tags, not note
+        assert [i for i, _ in store.catalog.keyword_search(coll.id, "sunset pier evening")] == [pier]
+        assert [i for i, _ in store.catalog.keyword_search(coll.id, "snow winter")] == [by_uri[str(folder / "snow-day.png")]]
+    finally:
+        store.close()
+    # naming other fields on a later run rewrites the documents of what is already there
+    assert main(["index", str(tmp_path / "list.jsonl"), "--collection", "c", "--workers", "0", "--text-fields",
+                 "note", *data]) == 0
+    capsys.readouterr()
+    assert main(["query", "--keywords", "beach", "--collection", "c", "--json", *data]) == 0
+    assert len(json.loads(capsys.readouterr().out)["hits"]) == 2
+
+
+def test_collections_keep_their_own_matches(env):
+    """Another collection's better-ranked matches never crowd a collection's own out (SQLite ranks the one
+    text index first, then checks membership, going deeper, then joining)."""
+    searcher, store, handle, _ = env
+    other = store.create_collection("other", FakeBinding(dim=DIM), text_fields=[])
+    other.upsert([row(f"/other/{i}.jpg", unit(i), "zebra zebra zebra") for i in range(1100)])
+    mine = handle.upsert([row("/photos/zebra-crossing.jpg", unit(3), "a long caption about a street and a zebra")])[0][0]
+    assert [i for i, _ in store.catalog.keyword_search(handle.id, "zebra", limit=1)] == [mine]
+    assert [i for i, _ in store.catalog.keyword_search(handle.id, "zebra", limit=100)] == [mine]
+    assert found(searcher, keywords="zebra") == [mine]
+    assert len(store.catalog.keyword_search(other.id, "zebra", limit=2000)) == 1100
+    store.drop_collection("other")
+    assert documents(handle) == len(ITEMS) + 1  # dropping a collection drops its documents
