@@ -395,17 +395,36 @@ _CHANGED_PAGE = (select(*_SCAN_COLUMNS, Item.rev).select_from(_SCAN_FROM)
 BIND_CHUNK = 900  # ids per statement (SQLite's old default limit is 999 bound values)
 
 
-def _keyword_statement(dialect: str, condition=None):
+def _fts_match(name: str):
+    return literal_column("item_text").op("MATCH")(bindparam(name))
+
+
+def _fts_ranking(ranking: str):
+    """SQLite: (score, conditions on the text index) for a ranking of the matches of :q. "bm25": bm25 of
+    every word; "split": bm25 of the words in :rank_q, among the matches of :q (the other words are in half
+    or more of all documents, where FTS5's bm25 gives them its floor weight 1e-6: they filter, they cannot
+    rank, and leaving them out spares reading their whole doclists); "none": every word is such a word,
+    so every score is 0 and the order is by id."""
+    if ranking == "none":
+        return literal_column("0.0"), [_fts_match("q")]
+    score = -func.bm25(literal_column("item_text"))
+    if ranking == "bm25":
+        return score, [_fts_match("q")]
+    every = (select(literal_column("rowid")).select_from(table("item_text")).where(_fts_match("q"))
+             .correlate(None).scalar_subquery())
+    return score, [_fts_match("rank_q"), literal_column("item_text.rowid").in_(every)]
+
+
+def _keyword_statement(dialect: str, condition=None, ranking: str = "bm25"):
     """The live items of collection :cid whose document matches the query :q (text_index.fts5_query /
     tsquery), best first (ties by id), at most :n: (id, score), score higher = better (-bm25 on SQLite,
     ts_rank on PostgreSQL). `condition` (a filter over Item) is checked on each match. The text index
     leads the plan: `collection_id + 0` keeps SQLite from scanning the collection index instead."""
     if dialect == "sqlite":
         docs = table("item_text", column("rowid"))
-        score = -func.bm25(literal_column("item_text"))
-        match = literal_column("item_text").op("MATCH")(bindparam("q"))
+        score, match = _fts_ranking(ranking)
         joined = docs.join(Item.__table__, Item.id == docs.c.rowid)
-        where = [match, (Item.collection_id + 0) == bindparam("cid")]
+        where = [*match, (Item.collection_id + 0) == bindparam("cid")]
     else:
         docs = table("item_text", column("item_id"), column("collection_id"), column("body"))
         query = func.to_tsquery(literal_column("'simple'::regconfig"), bindparam("q"))
@@ -418,15 +437,28 @@ def _keyword_statement(dialect: str, condition=None):
     return stmt.order_by(score.desc(), Item.id).limit(bindparam("n"))
 
 
-_KEYWORDS = {dialect: _keyword_statement(dialect) for dialect in ("sqlite", "postgresql")}
-# SQLite, no filter: rank the text index alone (no items row read per match), then check which of the best
-# :m are live items of the collection (one primary-key read each); Catalog.keyword_search goes deeper when
-# too few are. The same order as _keyword_statement: (score desc, id) is a total order.
-_FTS_SCORE = -func.bm25(literal_column("item_text"))
-_FTS_RANKED = (select(literal_column("rowid"), _FTS_SCORE.label("score")).select_from(table("item_text"))
-               .where(literal_column("item_text").op("MATCH")(bindparam("q")))
-               .order_by(_FTS_SCORE.desc(), literal_column("rowid")).limit(bindparam("m")))
+RANKINGS = ("bm25", "split", "none")
+_KEYWORDS = {("postgresql", "bm25"): _keyword_statement("postgresql"),
+             **{("sqlite", r): _keyword_statement("sqlite", ranking=r) for r in RANKINGS}}
+
+
+def _fts_ranked(ranking: str):
+    """SQLite, no filter: rank the text index alone (no items row read per match); Catalog.keyword_search
+    then checks which of the best :m are live items of the collection (one primary-key read each), going
+    deeper when too few are. The same order as _keyword_statement: (score desc, id) is a total order."""
+    score, match = _fts_ranking(ranking)
+    return (select(literal_column("rowid"), score.label("score")).select_from(table("item_text")).where(*match)
+            .order_by(score.desc(), literal_column("rowid")).limit(bindparam("m")))
+
+
+_FTS_RANKED = {r: _fts_ranked(r) for r in RANKINGS}
 _LIVE_IDS = select(Item.id).where(_live_by_ids(bindparam("cid"), bindparam("ids", expanding=True)))
+_DOCUMENTS = select(func.coalesce(func.sum(Collection.live_count), 0))  # = rows of item_text
+_TERM_DOCUMENTS = select(func.count()).select_from(
+    select(literal_column("rowid")).select_from(table("item_text")).where(_fts_match("q"))
+    .limit(bindparam("cap")).subquery())
+TERM_CACHE = 4096  # terms whose document counts a Catalog remembers
+TERM_CACHE_S = 600.0
 
 
 class Catalog:
@@ -463,6 +495,7 @@ class Catalog:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._reads = DriverReads(self.engine)
         self.upgraded_from: int | None = None  # the schema version this open upgraded from, if it did
+        self._term_documents: dict[str, tuple[int, int, float]] = {}  # FTS5 phrase -> (count, of total, when)
         try:
             self._check_schema(create, upgrade)
         except BaseException:
@@ -722,25 +755,52 @@ class Catalog:
         terms = text_index.query_terms(keywords)
         if not terms or limit <= 0:
             return []
-        params = {"cid": int(collection_id), "n": int(limit),
-                  "q": text_index.fts5_query(terms) if self.dialect == "sqlite" else text_index.tsquery(terms)}
+        params = {"cid": int(collection_id), "n": int(limit)}
+        ranking = "bm25"
+        if self.dialect == "sqlite":
+            params["q"] = text_index.fts5_query(terms)
+            ranking, params["rank_q"] = self._ranking(terms)
+        else:
+            params["q"] = text_index.tsquery(terms)
         flt = as_filter(where)
         if flt is None and self.dialect == "sqlite":
-            rows = self._ranked_then_checked(params)
+            rows = self._ranked_then_checked(params, ranking)
         elif flt is None:
-            rows = self.read(_KEYWORDS[self.dialect], params)
+            rows = self.read(_KEYWORDS[(self.dialect, ranking)], params)
         else:
             with self.filter_errors(), self.session() as s:
-                rows = s.execute(_keyword_statement(self.dialect, flt.condition), params).all()
+                rows = s.execute(_keyword_statement(self.dialect, flt.condition, ranking), params).all()
         return [(int(i), float(score)) for i, score in rows]
 
-    def _ranked_then_checked(self, params: dict) -> list[tuple]:
-        """SQLite keyword matches without a filter (see _FTS_RANKED): a few rounds of rank-then-check, then
+    def _ranking(self, terms: list[list[str]]) -> tuple[str, str]:
+        """SQLite: how to rank a query's matches (see _fts_ranking) and the query of its ranking words."""
+        import time
+
+        total = int(self.read(_DOCUMENTS, {})[0][0])
+        now = time.monotonic()
+        cache = self._term_documents
+        rare = []
+        for term in terms:
+            phrase = text_index.fts5_query([term])
+            known = cache.get(phrase)
+            if known is None or abs(total - known[1]) > known[1] // 10 or now - known[2] > TERM_CACHE_S:
+                if len(cache) >= TERM_CACHE:
+                    cache.clear()
+                count = int(self.read(_TERM_DOCUMENTS, {"q": phrase, "cap": (total + 1) // 2 + 1})[0][0])
+                known = cache[phrase] = (count, total, now)
+            if 2 * known[0] < total:  # FTS5's idf is above its floor
+                rare.append(term)
+        if len(rare) == len(terms):
+            return "bm25", ""
+        return ("split", text_index.fts5_query(rare)) if rare else ("none", "")
+
+    def _ranked_then_checked(self, params: dict, ranking: str) -> list[tuple]:
+        """SQLite keyword matches without a filter (see _fts_ranked): a few rounds of rank-then-check, then
         the join that checks every match."""
         limit = params["n"]
         fetch = max(2 * limit, 64)
         for _ in range(3):
-            ranked = self.read(_FTS_RANKED, {"q": params["q"], "m": fetch})
+            ranked = self.read(_FTS_RANKED[ranking], {"q": params["q"], "rank_q": params["rank_q"], "m": fetch})
             live: set[int] = set()
             for chunk in _chunks([int(r[0]) for r in ranked], BIND_CHUNK):
                 live.update(int(r[0]) for r in self.read(_LIVE_IDS, {"cid": params["cid"], "ids": chunk}))
@@ -748,7 +808,7 @@ class Catalog:
             if len(kept) >= limit or len(ranked) < fetch:  # enough, or every match was seen
                 return kept[:limit]
             fetch *= 4
-        return self.read(_KEYWORDS[self.dialect], params)  # the collection holds few of the matches
+        return self.read(_KEYWORDS[(self.dialect, ranking)], params)  # the collection holds few of the matches
 
     def existing_uris(self, collection_id: int, uris: Sequence[str]) -> dict[str, tuple[int, str]]:
         """uri -> (id, sha256) for the live items among `uris`."""

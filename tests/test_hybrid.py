@@ -364,3 +364,38 @@ def test_collections_keep_their_own_matches(env):
     assert len(store.catalog.keyword_search(other.id, "zebra", limit=2000)) == 1100
     store.drop_collection("other")
     assert documents(handle) == len(ITEMS) + 1  # dropping a collection drops its documents
+
+
+def test_words_in_half_the_documents_filter_but_do_not_rank(tmp_path):
+    """SQLite: a word in half or more of all documents has FTS5's floor idf (1e-6), so its bm25 share is
+    nil; keyword_search leaves it out of the ranking (sparing its doclist) and the order and scores are
+    those of bm25 over every word, within 1e-5."""
+    store = Store.open(tmp_path / "data")
+    handle = store.create_collection("photos", FakeBinding(dim=DIM))
+    captions = [("photo of a zebra " * (1 + i % 3) + "long " * (i % 5)) if i % 8 == 0 else f"photo number {i}"
+                for i in range(48)]
+    handle.upsert([row(f"/p/IMG_{i:04d}.jpg", unit(i), c) for i, c in enumerate(captions)])
+    cat = store.catalog
+
+    def full_bm25(query: str):
+        with cat.engine.connect() as conn:
+            return [(int(i), s) for i, s in conn.exec_driver_sql(
+                "SELECT rowid, -bm25(item_text) AS s FROM item_text WHERE item_text MATCH ? ORDER BY s DESC, rowid",
+                (query,)).all()]
+
+    for keywords in ("photo zebra", "img zebra long", "zebra"):
+        got = cat.keyword_search(handle.id, keywords)
+        want = full_bm25(text_index.fts5_query(text_index.query_terms(keywords)))
+        assert [i for i, _ in got] == [i for i, _ in want] and len(got) >= 2, keywords
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-5)
+    assert cat._ranking(text_index.query_terms("img zebra"))[0] == "split"
+    everywhere = cat.keyword_search(handle.id, "img photo")  # every word everywhere: the order is by id
+    assert [i for i, _ in everywhere] == sorted(i for i, _ in full_bm25('"img" "photo"'))
+    assert all(abs(s) < 1e-5 for _, s in full_bm25('"img" "photo"'))
+    from indexer.catalog import Item
+    from search.filters import compile_filter
+
+    every_row = compile_filter("width >= 1", Item, "sqlite")  # the filtered (joined) statements rank alike
+    assert cat.keyword_search(handle.id, "img photo", every_row, limit=3) == everywhere[:3]
+    assert cat.keyword_search(handle.id, "img zebra long", every_row) == cat.keyword_search(handle.id, "img zebra long")
+    store.close()
