@@ -104,19 +104,19 @@ def _vocabulary(n: int) -> list[str]:
     return sorted(words)
 
 
-def synthetic_store(workdir: Path, n: int, dim: int):
+def synthetic_store(workdir: Path, n: int, dim: int, db: str | None = None):
     from indexer.catalog import NewItem
     from indexer.store import Store
     from indexer_helpers import FakeBinding
 
-    data = workdir / f"synthetic-{n}-{dim}"
+    data = workdir / (f"synthetic-{n}-{dim}" + ("-pg" if db else ""))
     vocab = _vocabulary(5000)
     common = "common"
     marker = data / "complete"
-    if not marker.exists():
+    if db or not marker.exists():  # a PostgreSQL database is a fresh one each run
         shutil.rmtree(data, ignore_errors=True)
         t0 = time.perf_counter()
-        with Store.open(data) as store:
+        with Store.open(data, db=db) as store:
             handle = store.create_collection("synthetic", FakeBinding(dim=dim), "flat")
             rng = np.random.default_rng(0)
             for start in range(0, n, 20_000):
@@ -143,11 +143,11 @@ def synthetic_store(workdir: Path, n: int, dim: int):
     return data, vocab, common
 
 
-def overhead_part(workdir: Path, n: int, dim: int, rounds: int) -> dict:
+def overhead_part(workdir: Path, n: int, dim: int, rounds: int, db: str | None = None) -> dict:
     from indexer.store import Store
     from search.pipeline import Query, Searcher
 
-    data, vocab, common = synthetic_store(workdir, n, dim)
+    data, vocab, common = synthetic_store(workdir, n, dim, db)
     rng = np.random.default_rng(3)
     kinds = {
         "one_word": lambda: vocab[rng.integers(len(vocab))],
@@ -155,8 +155,9 @@ def overhead_part(workdir: Path, n: int, dim: int, rounds: int) -> dict:
         "file_name": lambda: f"IMG_{rng.integers(n):06d}",
         "common_word": lambda: common,
     }
-    out: dict = {"items": n, "dim": dim, "index": "flat", "catalog": "sqlite", "rounds": rounds, "kinds": {}}
-    with Store.open(data) as store:
+    out: dict = {"items": n, "dim": dim, "index": "flat", "catalog": "postgresql" if db else "sqlite",
+                 "rounds": rounds, "kinds": {}}
+    with Store.open(data, db=db) as store:
         searcher = Searcher(store, models=None)
         handle = store.collection("synthetic")
         handle.refresh()
@@ -206,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=os.path.join(harness.default_workdir(), "hybrid"))
     p.add_argument("--skip-recall", action="store_true")
     p.add_argument("--skip-overhead", action="store_true")
+    p.add_argument("--postgres", action="store_true", help="also measure the overhead on a throwaway PostgreSQL "
+                   "server (tests/postgres.py: initdb + pg_ctl)")
     p.add_argument("--out", default=str(harness.RESULTS / "hybrid.json"))
     args = p.parse_args(argv)
     workdir = Path(args.workdir)
@@ -216,6 +219,15 @@ def main(argv: list[str] | None = None) -> int:
         out["recall"] = recall_part(workdir, args.demo_images)
     if not args.skip_overhead:
         out["overhead"] = overhead_part(workdir, args.items, args.dim, args.rounds)
+    if args.postgres:
+        from postgres import PostgresServer, find_bin_dir
+
+        server = PostgresServer(find_bin_dir()).start()
+        try:
+            out["overhead_postgresql"] = overhead_part(workdir, args.items, args.dim, args.rounds,
+                                                       db=server.new_database())
+        finally:
+            server.stop()
     harness.save_json(args.out, out)
     return 0
 

@@ -110,7 +110,7 @@ class Hit:
 class SearchResult:
     hits: list[Hit]
     timing: dict[str, float] = field(default_factory=dict)   # milliseconds per stage
-    filter_strategy: str = "none"                            # "none" | "id_selector" | "post_filter"
+    filter_strategy: str = "none"                            # "none" | "id_selector" | "post_filter" | "keywords"
     candidates: int = 0
     next_offset: int = 0                                     # the next page's offset; 0: this page is the last
     missing_shards: list[int] = field(default_factory=list)  # fan-out with allow_partial: shards left out
