@@ -438,8 +438,21 @@ def _keyword_statement(dialect: str, condition=None, ranking: str = "bm25"):
 
 
 RANKINGS = ("bm25", "split", "none")
-_KEYWORDS = {("postgresql", "bm25"): _keyword_statement("postgresql"),
-             **{("sqlite", r): _keyword_statement("sqlite", ranking=r) for r in RANKINGS}}
+_SQLITE_KEYWORDS = {r: _keyword_statement("sqlite", ranking=r) for r in RANKINGS}  # no filter, the join
+
+
+def _pg_text_ranked():
+    """PostgreSQL, no filter: item_text alone. Its rows are the live items' documents (written and removed
+    in the items' own transactions) and carry the collection id, so no items row is read per match."""
+    docs = table("item_text", column("item_id"), column("collection_id"), column("body"))
+    query = func.to_tsquery(literal_column("'simple'::regconfig"), bindparam("q"))
+    score = func.ts_rank(docs.c.body, query)
+    return (select(docs.c.item_id, score.label("score"))
+            .where(docs.c.body.op("@@")(query), docs.c.collection_id == bindparam("cid"))
+            .order_by(score.desc(), docs.c.item_id).limit(bindparam("n")))
+
+
+_PG_TEXT_RANKED = _pg_text_ranked()
 
 
 def _fts_ranked(ranking: str):
@@ -766,7 +779,7 @@ class Catalog:
         if flt is None and self.dialect == "sqlite":
             rows = self._ranked_then_checked(params, ranking)
         elif flt is None:
-            rows = self.read(_KEYWORDS[(self.dialect, ranking)], params)
+            rows = self.read(_PG_TEXT_RANKED, params)
         else:
             with self.filter_errors(), self.session() as s:
                 rows = s.execute(_keyword_statement(self.dialect, flt.condition, ranking), params).all()
@@ -808,7 +821,7 @@ class Catalog:
             if len(kept) >= limit or len(ranked) < fetch:  # enough, or every match was seen
                 return kept[:limit]
             fetch *= 4
-        return self.read(_KEYWORDS[(self.dialect, ranking)], params)  # the collection holds few of the matches
+        return self.read(_SQLITE_KEYWORDS[ranking], params)  # the collection holds few of the matches
 
     def existing_uris(self, collection_id: int, uris: Sequence[str]) -> dict[str, tuple[int, str]]:
         """uri -> (id, sha256) for the live items among `uris`."""
