@@ -11,6 +11,9 @@ The catalog is the source of truth; every FAISS index can be rebuilt from it. It
                 (their first STRING_PREFIX characters): the metadata index, kept in the item's transaction.
                 Primary key (key_id, value, item_id) answers `meta.k = v`, IN and ranges by an index range;
                 (item_id, key_id) answers "does this item match" and finds an item's rows to replace them.
+  item_text     the full-text index (schema version 3): one document per live item from its caption, file
+                name and the collection's `text_fields` (indexer/text_index.py: FTS5 on SQLite, tsvector +
+                GIN on PostgreSQL), kept in the item's transaction; `keyword_search` ranks matches.
 
 Writes that touch items go through `Catalog.write(collection_id)`, which first bumps the collection's
 `revision` counter (taking the write lock before anything is read) and stamps every changed row with the new
@@ -42,18 +45,19 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, Numeric,
-                        String, Text, UniqueConstraint, bindparam, create_engine, event, false, func, select, text,
-                        true, tuple_, update)
+                        String, Text, UniqueConstraint, bindparam, column, create_engine, event, false, func,
+                        literal_column, select, table, text, true, tuple_, update)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from mmsearch.errors import CatalogError, Conflict, InvalidInput, NotFound
+from indexer import text_index
 from indexer.reads import DriverReads
 from indexer.sqlite_file import check_sqlite_file, create_sqlite_file
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PAGE_SIZE = 16384  # new SQLite catalogs: five 768-d vectors fill a page (4096-byte pages hold one)
 STRING_PREFIX = 256  # characters of a metadata string kept in meta_str (PostgreSQL caps an index entry)
 
@@ -96,6 +100,8 @@ class Collection(Base):
     revision: Mapped[int] = mapped_column(Int64, default=0)  # bumped by every write transaction
     purged_rev: Mapped[int] = mapped_column(Int64, default=0)  # tombstones with rev <= this are gone
     live_count: Mapped[int] = mapped_column(Int64, default=0)  # live items, kept by every write
+    # metadata fields whose values the full-text index holds beside captions and file names (text_index)
+    text_fields: Mapped[list] = mapped_column(Json, default=list)
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -389,6 +395,85 @@ _CHANGED_PAGE = (select(*_SCAN_COLUMNS, Item.rev).select_from(_SCAN_FROM)
 BIND_CHUNK = 900  # ids per statement (SQLite's old default limit is 999 bound values)
 
 
+def _fts_match(name: str):
+    return literal_column("item_text").op("MATCH")(bindparam(name))
+
+
+def _fts_ranking(ranking: str):
+    """SQLite: (score, conditions on the text index) for a ranking of the matches of :q. "bm25": bm25 of
+    every word; "split": bm25 of the words in :rank_q, among the matches of :q (the other words are in half
+    or more of all documents, where FTS5's bm25 gives them its floor weight 1e-6: they filter, they cannot
+    rank, and leaving them out spares reading their whole doclists); "none": every word is such a word,
+    so every score is 0 and the order is by id."""
+    if ranking == "none":
+        return literal_column("0.0"), [_fts_match("q")]
+    score = -func.bm25(literal_column("item_text"))
+    if ranking == "bm25":
+        return score, [_fts_match("q")]
+    every = (select(literal_column("rowid")).select_from(table("item_text")).where(_fts_match("q"))
+             .correlate(None).scalar_subquery())
+    return score, [_fts_match("rank_q"), literal_column("item_text.rowid").in_(every)]
+
+
+def _keyword_statement(dialect: str, condition=None, ranking: str = "bm25"):
+    """The live items of collection :cid whose document matches the query :q (text_index.fts5_query /
+    tsquery), best first (ties by id), at most :n: (id, score), score higher = better (-bm25 on SQLite,
+    ts_rank on PostgreSQL). `condition` (a filter over Item) is checked on each match. The text index
+    leads the plan: `collection_id + 0` keeps SQLite from scanning the collection index instead."""
+    if dialect == "sqlite":
+        docs = table("item_text", column("rowid"))
+        score, match = _fts_ranking(ranking)
+        joined = docs.join(Item.__table__, Item.id == docs.c.rowid)
+        where = [*match, (Item.collection_id + 0) == bindparam("cid")]
+    else:
+        docs = table("item_text", column("item_id"), column("collection_id"), column("body"))
+        query = func.to_tsquery(literal_column("'simple'::regconfig"), bindparam("q"))
+        score = func.ts_rank(docs.c.body, query)
+        joined = docs.join(Item.__table__, Item.id == docs.c.item_id)
+        where = [docs.c.body.op("@@")(query), docs.c.collection_id == bindparam("cid")]
+    stmt = select(Item.id, score.label("score")).select_from(joined).where(*where, Item.deleted == false())
+    if condition is not None:
+        stmt = stmt.where(condition)
+    return stmt.order_by(score.desc(), Item.id).limit(bindparam("n"))
+
+
+RANKINGS = ("bm25", "split", "none")
+_SQLITE_KEYWORDS = {r: _keyword_statement("sqlite", ranking=r) for r in RANKINGS}  # no filter, the join
+
+
+def _pg_text_ranked():
+    """PostgreSQL, no filter: item_text alone. Its rows are the live items' documents (written and removed
+    in the items' own transactions) and carry the collection id, so no items row is read per match."""
+    docs = table("item_text", column("item_id"), column("collection_id"), column("body"))
+    query = func.to_tsquery(literal_column("'simple'::regconfig"), bindparam("q"))
+    score = func.ts_rank(docs.c.body, query)
+    return (select(docs.c.item_id, score.label("score"))
+            .where(docs.c.body.op("@@")(query), docs.c.collection_id == bindparam("cid"))
+            .order_by(score.desc(), docs.c.item_id).limit(bindparam("n")))
+
+
+_PG_TEXT_RANKED = _pg_text_ranked()
+
+
+def _fts_ranked(ranking: str):
+    """SQLite, no filter: rank the text index alone (no items row read per match); Catalog.keyword_search
+    then checks which of the best :m are live items of the collection (one primary-key read each), going
+    deeper when too few are. The same order as _keyword_statement: (score desc, id) is a total order."""
+    score, match = _fts_ranking(ranking)
+    return (select(literal_column("rowid"), score.label("score")).select_from(table("item_text")).where(*match)
+            .order_by(score.desc(), literal_column("rowid")).limit(bindparam("m")))
+
+
+_FTS_RANKED = {r: _fts_ranked(r) for r in RANKINGS}
+_LIVE_IDS = select(Item.id).where(_live_by_ids(bindparam("cid"), bindparam("ids", expanding=True)))
+_DOCUMENTS = select(func.coalesce(func.sum(Collection.live_count), 0))  # = rows of item_text
+_TERM_DOCUMENTS = select(func.count()).select_from(
+    select(literal_column("rowid")).select_from(table("item_text")).where(_fts_match("q"))
+    .limit(bindparam("cap")).subquery())
+TERM_CACHE = 4096  # terms whose document counts a Catalog remembers
+TERM_CACHE_S = 600.0
+
+
 class Catalog:
     """An open catalog database. Thread-safe; sessions are short-lived and come from `session()` / `write()`."""
 
@@ -423,6 +508,7 @@ class Catalog:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._reads = DriverReads(self.engine)
         self.upgraded_from: int | None = None  # the schema version this open upgraded from, if it did
+        self._term_documents: dict[str, tuple[int, int, float]] = {}  # FTS5 phrase -> (count, of total, when)
         try:
             self._check_schema(create, upgrade)
         except BaseException:
@@ -441,6 +527,7 @@ class Catalog:
                         raise CatalogError(f"{where} holds other tables but no mmsearch catalog (damaged, or "
                                            "another program's database); move it aside or give another --db")
                     Base.metadata.create_all(conn)
+                    text_index.create(conn, self.dialect)
                     conn.execute(MetaEntry.__table__.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
                     return
                 row = conn.execute(select(MetaEntry.value).where(MetaEntry.key == "schema_version")).scalar()
@@ -504,14 +591,16 @@ class Catalog:
     # ---- collections --------------------------------------------------------------------------------------
 
     def create_collection(self, name: str, *, encoder_name: str, encoder_family: str, encoder_digest: str,
-                          dim: int, index_spec: str = "auto", index_memory: int | None = None) -> Collection:
+                          dim: int, index_spec: str = "auto", index_memory: int | None = None,
+                          text_fields: Sequence[str] = ()) -> Collection:
         check_collection_name(name)
+        fields = text_index.check_text_fields(text_fields)
         with self.session() as s:
             if s.scalar(select(Collection.id).where(Collection.name == name)) is not None:
                 raise Conflict(f"collection {name!r} already exists")
             coll = Collection(name=name, encoder_name=encoder_name, encoder_family=encoder_family,
                               encoder_digest=encoder_digest, dim=int(dim), index_spec=index_spec,
-                              index_memory=index_memory, live_count=0)
+                              index_memory=index_memory, live_count=0, text_fields=fields)
             s.add(coll)
             s.flush()
             return coll
@@ -564,6 +653,7 @@ class Catalog:
             for table in META_TABLES:
                 s.execute(table.__table__.delete().where(table.key_id.in_(keys)))
             s.execute(MetaKey.__table__.delete().where(MetaKey.collection_id == collection_id))
+            text_index.delete_collection(s.connection(), self.dialect, collection_id)
             s.execute(ItemVector.__table__.delete().where(ItemVector.item_id.in_(
                 select(Item.id).where(Item.collection_id == collection_id).scalar_subquery())))
             s.execute(Item.__table__.delete().where(Item.collection_id == collection_id))
@@ -670,6 +760,69 @@ class Catalog:
                 stmt = stmt.where(flt.condition)
         return stmt if limit is None else stmt.limit(limit)
 
+    def keyword_search(self, collection_id: int, keywords: str, where=None, *, limit: int = 100
+                       ) -> list[tuple[int, float]]:
+        """The live items (matching `where`, an ItemFilter or condition, when given) whose text holds every
+        word of `keywords`, best first: [(id, score)], at most `limit`. A query with no words matches nothing.
+        The ranking: bm25 on SQLite, ts_rank on PostgreSQL (scores of the two are not comparable)."""
+        terms = text_index.query_terms(keywords)
+        if not terms or limit <= 0:
+            return []
+        params = {"cid": int(collection_id), "n": int(limit)}
+        ranking = "bm25"
+        if self.dialect == "sqlite":
+            params["q"] = text_index.fts5_query(terms)
+            ranking, params["rank_q"] = self._ranking(terms)
+        else:
+            params["q"] = text_index.tsquery(terms)
+        flt = as_filter(where)
+        if flt is None and self.dialect == "sqlite":
+            rows = self._ranked_then_checked(params, ranking)
+        elif flt is None:
+            rows = self.read(_PG_TEXT_RANKED, params)
+        else:
+            with self.filter_errors(), self.session() as s:
+                rows = s.execute(_keyword_statement(self.dialect, flt.condition, ranking), params).all()
+        return [(int(i), float(score)) for i, score in rows]
+
+    def _ranking(self, terms: list[list[str]]) -> tuple[str, str]:
+        """SQLite: how to rank a query's matches (see _fts_ranking) and the query of its ranking words."""
+        import time
+
+        total = int(self.read(_DOCUMENTS, {})[0][0])
+        now = time.monotonic()
+        cache = self._term_documents
+        rare = []
+        for term in terms:
+            phrase = text_index.fts5_query([term])
+            known = cache.get(phrase)
+            if known is None or abs(total - known[1]) > known[1] // 10 or now - known[2] > TERM_CACHE_S:
+                if len(cache) >= TERM_CACHE:
+                    cache.clear()
+                count = int(self.read(_TERM_DOCUMENTS, {"q": phrase, "cap": (total + 1) // 2 + 1})[0][0])
+                known = cache[phrase] = (count, total, now)
+            if 2 * known[0] < total:  # FTS5's idf is above its floor
+                rare.append(term)
+        if len(rare) == len(terms):
+            return "bm25", ""
+        return ("split", text_index.fts5_query(rare)) if rare else ("none", "")
+
+    def _ranked_then_checked(self, params: dict, ranking: str) -> list[tuple]:
+        """SQLite keyword matches without a filter (see _fts_ranked): a few rounds of rank-then-check, then
+        the join that checks every match."""
+        limit = params["n"]
+        fetch = max(2 * limit, 64)
+        for _ in range(3):
+            ranked = self.read(_FTS_RANKED[ranking], {"q": params["q"], "rank_q": params["rank_q"], "m": fetch})
+            live: set[int] = set()
+            for chunk in _chunks([int(r[0]) for r in ranked], BIND_CHUNK):
+                live.update(int(r[0]) for r in self.read(_LIVE_IDS, {"cid": params["cid"], "ids": chunk}))
+            kept = [r for r in ranked if int(r[0]) in live]
+            if len(kept) >= limit or len(ranked) < fetch:  # enough, or every match was seen
+                return kept[:limit]
+            fetch *= 4
+        return self.read(_SQLITE_KEYWORDS[ranking], params)  # the collection holds few of the matches
+
     def existing_uris(self, collection_id: int, uris: Sequence[str]) -> dict[str, tuple[int, str]]:
         """uri -> (id, sha256) for the live items among `uris`."""
         with self.session() as s:
@@ -747,6 +900,9 @@ class Catalog:
         _insert_rows(conn, self.dialect, "item_vectors", ("item_id", "vector"),
                      [(i, it.vector) for i, it in zip(ids, items)])
         self._index_meta(conn, collection_id, [(i, it.meta) for i, it in zip(ids, items)])
+        fields = self._text_fields(conn, collection_id)
+        text_index.insert(conn, self.dialect, collection_id,
+                          [(i, text_index.document(it.uri, it.caption, it.meta, fields)) for i, it in zip(ids, items)])
         s.execute(update(Collection).where(Collection.id == collection_id)
                   .values(live_count=Collection.live_count + len(items)))
         return np.asarray(ids, dtype=np.int64)
@@ -775,6 +931,9 @@ class Catalog:
         if with_meta:
             self._unindex_meta(conn, [i for i, _ in with_meta])
             self._index_meta(conn, collection_id, with_meta)
+        retext = {i for i, _ in with_meta} | {i for _, i in with_caption}
+        if retext:
+            self._reindex_text(conn, collection_id, sorted(retext))
 
     def delete_items(self, s: Session, collection_id: int, rev: int, ids: Sequence[int]) -> None:
         """Soft-delete live items of the collection (their vectors and metadata index rows go now)."""
@@ -785,6 +944,7 @@ class Catalog:
                       .execution_options(synchronize_session=False))
             s.execute(ItemVector.__table__.delete().where(ItemVector.item_id.in_(chunk)))
             self._unindex_meta(conn, chunk)
+            text_index.delete(conn, self.dialect, chunk)
         s.execute(update(Collection).where(Collection.id == collection_id)
                   .values(live_count=Collection.live_count - len(ids)))
 
@@ -816,8 +976,48 @@ class Catalog:
                     conn.exec_driver_sql("PRAGMA analysis_limit=2000")
                     conn.exec_driver_sql("ANALYZE")
                 else:
-                    for table in ("items", "item_vectors", "meta_keys", "meta_num", "meta_str"):
+                    for table in ("items", "item_vectors", "meta_keys", "meta_num", "meta_str", "item_text"):
                         conn.exec_driver_sql(f"ANALYZE {table}")
+
+    def _text_fields(self, conn, collection_id: int) -> list[str]:
+        fields = conn.execute(select(Collection.text_fields).where(Collection.id == collection_id)).scalar()
+        return list(fields or [])
+
+    def _reindex_text(self, conn, collection_id: int, item_ids: Sequence[int],
+                      fields: Sequence[str] | None = None) -> None:
+        """Rewrite the text index documents of live items from their stored uri, caption and metadata."""
+        fields = self._text_fields(conn, collection_id) if fields is None else fields
+        for chunk in _chunks([int(i) for i in item_ids], BIND_CHUNK):
+            rows = conn.execute(select(Item.id, Item.uri, Item.caption, Item.meta)
+                                .where(Item.id.in_(chunk), Item.deleted == false())).all()
+            text_index.delete(conn, self.dialect, chunk)
+            text_index.insert(conn, self.dialect, collection_id,
+                              [(int(i), text_index.document(uri, caption, meta, fields))
+                               for i, uri, caption, meta in rows])
+
+    def set_text_fields(self, collection_id: int, fields: Sequence[str]) -> list[str]:
+        """Change the metadata fields a collection's text index holds; every live item's document is
+        rewritten in the same transaction. Returns the fields as stored."""
+        fields = text_index.check_text_fields(fields)
+        with self.write(collection_id) as (s, _rev):
+            conn = s.connection()
+            s.execute(update(Collection).where(Collection.id == collection_id).values(text_fields=fields))
+            self.reindex_text(conn, collection_id, fields)
+        return fields
+
+    def reindex_text(self, conn, collection_id: int, fields: Sequence[str]) -> int:
+        """Rewrite the documents of every live item of a collection (on the caller's transaction); used when
+        its text fields change and by the catalog upgrade. Returns how many items it indexed."""
+        last, done = -1, 0
+        while True:
+            ids = [int(i) for i in conn.execute(select(Item.id).where(
+                (Item.collection_id + 0) == collection_id, Item.deleted == false(), Item.id > last)
+                .order_by(Item.id).limit(20_000)).scalars()]
+            if not ids:
+                return done
+            self._reindex_text(conn, collection_id, ids, fields)
+            done += len(ids)
+            last = ids[-1]
 
     def _new_item_ids(self, conn, n: int) -> list[int]:
         if self.dialect == "sqlite":  # the write lock is held (Catalog.write bumped the revision first)

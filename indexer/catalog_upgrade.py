@@ -11,6 +11,10 @@ height and created, and PostgreSQL's GIN index on items.meta (which the metadata
 items table loses its vector column: on SQLite by copying the table (what ALTER TABLE cannot do on every
 SQLite version), so the upgrade needs free disk about the size of the catalog; `mmsearch migrate --vacuum`
 then gives the space back and moves the file to the new page size.
+
+Version 2 -> 3: the full-text index (indexer/text_index.py): collections gain `text_fields` (none for an
+existing collection: its documents hold captions and file names; `mmsearch collection text-fields` names
+metadata fields later), and item_text gets a document for every live item.
 """
 
 from __future__ import annotations
@@ -40,11 +44,12 @@ def upgrade(catalog: "cat.Catalog") -> int | None:
             version = _version(conn)
             if version >= cat.SCHEMA_VERSION:
                 return None
-            if version != 1:
+            if version not in _STEPS:
                 raise CatalogError(f"catalog {catalog.where} has unknown schema version {version}")
             t0 = time.perf_counter()
-            log.info("upgrading catalog %s from schema version 1 to 2", catalog.where)
-            _upgrade_1_to_2(catalog, conn)
+            for step in range(version, cat.SCHEMA_VERSION):
+                log.info("upgrading catalog %s from schema version %d to %d", catalog.where, step, step + 1)
+                _STEPS[step](catalog, conn)
             conn.execute(cat.MetaEntry.__table__.update().where(cat.MetaEntry.key == "schema_version")
                          .values(value=str(cat.SCHEMA_VERSION)))
             log.info("catalog %s upgraded to schema version %d in %.1fs", catalog.where, cat.SCHEMA_VERSION,
@@ -136,6 +141,19 @@ def _upgrade_1_to_2(catalog: "cat.Catalog", conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE collections ADD COLUMN live_count BIGINT NOT NULL DEFAULT 0")
     conn.exec_driver_sql(f"UPDATE collections SET live_count = (SELECT count(*) FROM items "
                          f"WHERE items.collection_id = collections.id AND items.{live})")
+
+
+def _upgrade_2_to_3(catalog: "cat.Catalog", conn: Connection) -> None:
+    sqlite = catalog.dialect == "sqlite"
+    conn.exec_driver_sql("ALTER TABLE collections ADD COLUMN text_fields " + ("JSON" if sqlite else "JSONB")
+                         + " NOT NULL DEFAULT '[]'")
+    cat.text_index.create(conn, catalog.dialect)
+    for (cid,) in conn.exec_driver_sql("SELECT id FROM collections ORDER BY id").all():
+        n = catalog.reindex_text(conn, int(cid), [])
+        log.info("text index: %d items of collection id %d", n, cid)
+
+
+_STEPS = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}
 
 
 def _rebuild_items_without_vectors(conn: Connection) -> None:

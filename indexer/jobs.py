@@ -157,29 +157,32 @@ def _die_with_parent() -> None:
 
 
 def index_paths(store: Store, collection: str, encoder, paths: Iterable[str], options: JobOptions | None = None,
-                *, captioner=None, index_spec: str | None = None, engine=None) -> JobResult:
-    """Index folders, image files and manifests into `collection` (created and bound to `encoder` if new).
+                *, captioner=None, index_spec: str | None = None, engine=None,
+                text_fields: Iterable[str] | None = None) -> JobResult:
+    """Index folders, image files and manifests into `collection` (created and bound to `encoder` if new;
+    `text_fields`: the metadata fields its full-text index holds, see Store.open_or_create).
     `engine`: None runs here (decode processes + this process's encoder); an indexer.ray_job.RayOptions runs
     the decoding and encoding on a Ray cluster, with the same commits from here."""
     paths = check_paths(paths)
     options = options or JobOptions()
     total = count_paths(paths) if options.progress else None
     return run_job(store, collection, encoder, iter_paths(paths), options, sources=paths, total=total,
-                   captioner=captioner, index_spec=index_spec, engine=engine)
+                   captioner=captioner, index_spec=index_spec, engine=engine, text_fields=text_fields)
 
 
 def index_objects(store: Store, collection: str, encoder, objects: Iterable, options: JobOptions | None = None,
-                  *, captioner=None, index_spec: str | None = None) -> JobResult:
+                  *, captioner=None, index_spec: str | None = None, text_fields: Iterable[str] | None = None
+                  ) -> JobResult:
     """Index an iterable of (path or bytes, metadata dict) pairs."""
     options = options or JobOptions()
     total = len(objects) if hasattr(objects, "__len__") else None
     return run_job(store, collection, encoder, iter_objects(objects), options, sources=["<python objects>"],
-                   total=total, captioner=captioner, index_spec=index_spec)
+                   total=total, captioner=captioner, index_spec=index_spec, text_fields=text_fields)
 
 
 def run_job(store: Store, collection: str, encoder, items: Iterator[SourceItem], options: JobOptions, *,
             sources: list[str], total: int | None = None, captioner=None, index_spec: str | None = None,
-            engine=None) -> JobResult:
+            engine=None, text_fields: Iterable[str] | None = None) -> JobResult:
     options.check()
     ray_engine = None
     if engine is not None:
@@ -190,7 +193,7 @@ def run_job(store: Store, collection: str, encoder, items: Iterator[SourceItem],
         ray_engine = RayEngine(engine)
         ray_engine.connect(store.catalog)  # refusals (no Ray, SQLite over a cluster) before anything is written
     try:
-        handle = store.open_or_create(collection, encoder, index_spec)
+        handle = store.open_or_create(collection, encoder, index_spec, text_fields=text_fields)
         job_id = _start_job(handle, sources, options, captioner, engine)
         return _Runner(handle, encoder, captioner, options, job_id, total, ray_engine).run(items)
     finally:

@@ -134,16 +134,22 @@ class Store:
                 handle = self._handles[name] = CollectionHandle(self, row)
             return handle, (row.revision, row.purged_rev)
 
-    def create_collection(self, name: str, encoder, index_spec: str | None = None) -> "CollectionHandle":
+    def create_collection(self, name: str, encoder, index_spec: str | None = None, *,
+                          text_fields: Iterable[str] = ()) -> "CollectionHandle":
+        """`text_fields`: metadata fields the full-text index holds beside captions and file names."""
         spec = IndexSpec.parse(index_spec)
         self.catalog.create_collection(name, encoder_name=encoder.name, encoder_family=encoder.family,
-                                       encoder_digest=encoder.digest, dim=int(encoder.dim), index_spec=str(spec))
+                                       encoder_digest=encoder.digest, dim=int(encoder.dim), index_spec=str(spec),
+                                       text_fields=list(text_fields))
         return self.collection(name)
 
-    def open_or_create(self, name: str, encoder, index_spec: str | None = None) -> "CollectionHandle":
+    def open_or_create(self, name: str, encoder, index_spec: str | None = None, *,
+                       text_fields: Iterable[str] | None = None) -> "CollectionHandle":
+        """`text_fields` given for an existing collection with other fields: they change (every item's text
+        document is rewritten)."""
         if self.catalog.find_collection(name) is None:
             try:
-                return self.create_collection(name, encoder, index_spec)
+                return self.create_collection(name, encoder, index_spec, text_fields=text_fields or ())
             except Conflict:  # created concurrently by another process
                 pass
         handle = self.collection(name)
@@ -151,6 +157,8 @@ class Store:
         if index_spec is not None and IndexSpec.parse(index_spec) != IndexSpec.parse(handle.row.index_spec):
             raise Conflict(f"collection {name!r} uses index {handle.row.index_spec}; "
                            f"change it with `mmsearch rebuild --collection {name} --index {index_spec}`")
+        if text_fields is not None and list(text_fields) != list(handle.row.text_fields or []):
+            handle.set_text_fields(text_fields)
         return handle
 
     def drop_collection(self, name: str) -> None:
@@ -213,6 +221,12 @@ class CollectionHandle:
 
     def count(self) -> int:
         return self.catalog.count(self.id)
+
+    def set_text_fields(self, fields: Iterable[str]) -> list[str]:
+        """Change the metadata fields of the collection's full-text index (documents rewritten)."""
+        stored = self.catalog.set_text_fields(self.id, list(fields))
+        self.row = self.catalog.get_collection(self.name)
+        return stored
 
     # ---- reads -------------------------------------------------------------------------------------------------
 

@@ -78,8 +78,9 @@ def cmd_index(args: argparse.Namespace) -> int:
             enc.image_preprocessor.exact_decode = True
         captioner = (encoders.load_captioner(args.caption, device=args.device, dtype=args.dtype)
                      if args.caption else None)
+        text_fields = None if args.text_fields is None else [f for f in args.text_fields.split(",") if f.strip()]
         result = index_paths(store, args.collection, enc, args.paths, options, captioner=captioner,
-                             index_spec=args.index, engine=engine)
+                             index_spec=args.index, engine=engine, text_fields=text_fields)
     print(f"job {result.job_id}: {result.added} added, {result.updated} updated, {result.skipped} skipped, "
           f"{result.failed} errors in {result.elapsed_s:.1f}s ({result.rate:.1f} images/s)"
           + (f"; see `mmsearch jobs --job {result.job_id}`" if result.failed else ""))
@@ -254,16 +255,20 @@ def _query_via_server(args: argparse.Namespace, image: bytes | None) -> dict:
             r = client.search(args.collection, text=args.text, image=image, top_k=args.k, filter=args.filter or "",
                               rerank_model=args.rerank or "", rerank_depth=args.depth, include_metadata=True,
                               include_caption=True, min_score=args.min_score,
-                              min_rerank_probability=args.min_rerank_probability)
+                              min_rerank_probability=args.min_rerank_probability, keywords=args.keywords or "")
     except grpc.RpcError as exc:
         raise error_for_status(exc.code().name)(f"{exc.code().name}: {exc.details()}") from None
     from search.grpc_api import struct_to_dict
 
-    hits = [{"id": h.id, "score": h.score, "rerank_score": h.rerank_score if h.HasField("rerank_score") else None,
+    def optional(h, name):
+        return getattr(h, name) if h.HasField(name) else None
+
+    hits = [{"id": h.id, "score": h.score, "rerank_score": optional(h, "rerank_score"),
+             "vector_score": optional(h, "vector_score"), "keyword_score": optional(h, "keyword_score"),
              "uri": h.uri, "caption": h.caption, "metadata": struct_to_dict(h.metadata)} for h in r.hits]
-    timing = {k: round(getattr(r.timing, k), 3) for k in ("encode_ms", "filter_ms", "ann_ms", "fetch_ms", "rerank_ms",
-                                                           "caption_ms", "total_ms")}
-    return {"hits": hits, "timing": timing, "filter_strategy": r.filter_strategy}
+    timing = {k: round(getattr(r.timing, k), 3) for k in ("encode_ms", "filter_ms", "ann_ms", "keyword_ms", "fetch_ms",
+                                                           "rerank_ms", "caption_ms", "total_ms")}
+    return {"hits": hits, "timing": timing, "filter_strategy": r.filter_strategy, "score_kind": r.score_kind}
 
 
 def _query_local(args: argparse.Namespace, image: bytes | None) -> dict:
@@ -275,17 +280,24 @@ def _query_local(args: argparse.Namespace, image: bytes | None) -> dict:
         result = Searcher(store, models).search(Query(
             collection=args.collection, text=args.text, image=image, top_k=args.k, filter=args.filter or "",
             rerank_model=args.rerank or "", rerank_depth=args.depth, include_metadata=True, include_caption=True,
-            min_score=args.min_score, min_rerank_probability=args.min_rerank_probability))
-    hits = [{"id": h.id, "score": h.score, "rerank_score": h.rerank_score, "uri": h.uri, "caption": h.caption or "",
-             "metadata": h.metadata or {}} for h in result.hits]
+            min_score=args.min_score, min_rerank_probability=args.min_rerank_probability,
+            keywords=args.keywords or ""))
+    hits = [{"id": h.id, "score": h.score, "rerank_score": h.rerank_score, "vector_score": h.vector_score,
+             "keyword_score": h.keyword_score, "uri": h.uri, "caption": h.caption or "", "metadata": h.metadata or {}}
+            for h in result.hits]
     return {"hits": hits, "timing": {k: round(v, 3) for k, v in result.timing.items()},
-            "filter_strategy": result.filter_strategy}
+            "filter_strategy": result.filter_strategy, "score_kind": result.score_kind}
+
+
+_SCORE_HEADER = {"vector": "score", "keyword": "keyword_score", "rrf": "rrf_score"}
 
 
 def cmd_query(args: argparse.Namespace) -> int:
 
-    if (args.text is None) == (args.image is None):
-        raise InvalidInput("query: give either TEXT or --image FILE")
+    if args.text is not None and args.image is not None:
+        raise InvalidInput("query: give either TEXT or --image FILE, not both")
+    if args.text is None and args.image is None and not (args.keywords or "").strip():
+        raise InvalidInput("query: give TEXT, --image FILE or --keywords WORDS")
     image = None
     if args.image:
         try:
@@ -298,14 +310,16 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(json.dumps(out, ensure_ascii=False))
         return 0
     reranked = any(h["rerank_score"] is not None for h in out["hits"])
-    print("rank\tid\tscore" + ("\trerank" if reranked else "") + "\turi\tcaption\tmetadata")
+    print(f"rank\tid\t{_SCORE_HEADER.get(out['score_kind'], 'score')}" + ("\trerank" if reranked else "")
+          + "\turi\tcaption\tmetadata")
     for rank, h in enumerate(out["hits"], 1):
         rr = "" if h["rerank_score"] is None else f"{h['rerank_score']:.4f}"
         print(f"{rank}\t{h['id']}\t{h['score']:.4f}" + (f"\t{rr}" if reranked else "")
               + f"\t{h['uri']}\t{h['caption']}\t{json.dumps(h['metadata'], ensure_ascii=False) if h['metadata'] else ''}")
     t = out["timing"]
     print(f"{len(out['hits'])} hits in {t['total_ms']:.1f} ms (encode {t['encode_ms']:.1f}, filter {t['filter_ms']:.1f}, "
-          f"ann {t['ann_ms']:.1f}, rerank {t['rerank_ms']:.1f}; filter strategy {out['filter_strategy']})",
+          f"ann {t['ann_ms']:.1f}, keywords {t['keyword_ms']:.1f}, rerank {t['rerank_ms']:.1f}; "
+          f"filter strategy {out['filter_strategy']})",
           file=sys.stderr)
     return 0
 
@@ -396,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update", action="store_true", help="re-embed known files whose content changed")
     p.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images (0: no limit)")
     p.add_argument("--index", metavar="SPEC", help="index kind for a new collection: auto|flat|ivf[N]|hnsw[M]")
+    p.add_argument("--text-fields", metavar="F1,F2", default=None,
+                   help="metadata fields the keyword index holds beside captions and file names (e.g. title,tags); "
+                   "given for an existing collection, they replace its fields and its text index is rewritten")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, choices=DTYPE_CHOICES, help="encoder and captioner weights")
@@ -502,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("query", help="search a collection, through a server (--server) or in a data directory")
     p.add_argument("text", nargs="?", default=None, metavar="TEXT")
     p.add_argument("--image", metavar="FILE", help="query by image instead of text")
+    p.add_argument("--keywords", metavar="WORDS", help="words that must all appear in a hit's caption, file name or "
+                   "text fields: alone, the keyword matches; with TEXT / --image, fused with the vector search "
+                   "(reciprocal rank fusion)")
     p.add_argument("--collection", required=True)
     p.add_argument("-k", "--top-k", dest="k", type=int, default=10)
     p.add_argument("--filter", help="filter expression, e.g. 'width >= 512 AND meta.license IN (\"cc0\")'")

@@ -119,7 +119,7 @@ class SearchClient:
                include_vector: bool = False, nprobe: int = 0, ef_search: int = 0, offset: int = 0,
                min_score: float | None = None, min_rerank_probability: float | None = None,
                include_regions: bool = False, ask: str = "", ask_model: str = "", local_only: bool = False,
-               allow_partial: bool = False, timeout: float | None = None) -> pb.SearchResponse:
+               allow_partial: bool = False, keywords: str = "", timeout: float | None = None) -> pb.SearchResponse:
         """One page of hits; the next page is `offset=response.next_offset` (0 in the response: no more)."""
         request = pb.SearchRequest(collection=collection, top_k=top_k, filter=filter, offset=offset,
                                    rerank=pb.RerankOptions(model=rerank_model, depth=rerank_depth),
@@ -127,7 +127,7 @@ class SearchClient:
                                    include_metadata=include_metadata, include_caption=include_caption,
                                    include_vector=include_vector, nprobe=nprobe, ef_search=ef_search,
                                    include_regions=include_regions, ask=ask, ask_model=ask_model,
-                                   local_only=local_only, allow_partial=allow_partial)
+                                   local_only=local_only, allow_partial=allow_partial, keywords=keywords)
         if min_score is not None:
             request.min_score = min_score
         if min_rerank_probability is not None:
@@ -199,10 +199,10 @@ class SearchClient:
 
     # -- collections --
 
-    def create_collection(self, name: str, model: str, *, index: str = "",
+    def create_collection(self, name: str, model: str, *, index: str = "", text_fields: Sequence[str] = (),
                           timeout: float | None = None) -> pb.CollectionInfo:
-        return self._call(self.stub.CreateCollection, pb.CreateCollectionRequest(name=name, model=model, index=index),
-                          timeout)
+        return self._call(self.stub.CreateCollection, pb.CreateCollectionRequest(
+            name=name, model=model, index=index, text_fields=list(text_fields)), timeout)
 
     def list_collections(self, *, timeout: float | None = None) -> list[pb.CollectionInfo]:
         return list(self._call(self.stub.ListCollections, pb.ListCollectionsRequest(), timeout).collections)

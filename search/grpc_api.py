@@ -101,7 +101,7 @@ def _vector(values: np.ndarray) -> pb.Vector:
 
 def _info(info: CollectionInfo) -> pb.CollectionInfo:
     return pb.CollectionInfo(name=info.name, model=info.model, model_digest=info.model_digest, dim=info.dim,
-                             items=info.items, index=info.index, indexed=info.indexed)
+                             items=info.items, index=info.index, indexed=info.indexed, text_fields=info.text_fields)
 
 
 # -- the servicer ------------------------------------------------------------------------------------------
@@ -129,16 +129,20 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             min_rerank_probability=(request.min_rerank_probability if request.HasField("min_rerank_probability")
                                     else None),
             include_regions=request.include_regions, ask=request.ask, ask_model=request.ask_model,
-            local_only=request.local_only, allow_partial=request.allow_partial)
+            local_only=request.local_only, allow_partial=request.allow_partial, keywords=request.keywords)
         result = self.service.search(query, deadline)
         response = pb.SearchResponse(filter_strategy=result.filter_strategy, candidates=result.candidates,
                                      timing=pb.Timing(**result.timing), next_offset=result.next_offset,
-                                     missing_shards=result.missing_shards)
+                                     missing_shards=result.missing_shards, score_kind=result.score_kind)
         for hit in result.hits:
             out = response.hits.add(id=hit.id, uri=hit.uri, score=hit.score, width=hit.width, height=hit.height,
                                     sha256=hit.sha256)
             if hit.rerank_score is not None:
                 out.rerank_score = hit.rerank_score
+            if hit.vector_score is not None:
+                out.vector_score = hit.vector_score
+            if hit.keyword_score is not None:
+                out.keyword_score = hit.keyword_score
             if hit.metadata is not None:
                 out.metadata.CopyFrom(dict_to_struct(hit.metadata))
             if hit.caption:
@@ -218,7 +222,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 
     @_rpc
     def CreateCollection(self, request: pb.CreateCollectionRequest, context, deadline):
-        return _info(self.service.create_collection(request.name, request.model, request.index))
+        return _info(self.service.create_collection(request.name, request.model, request.index,
+                                                    text_fields=list(request.text_fields)))
 
     @_rpc
     def ListCollections(self, request, context, deadline):

@@ -85,7 +85,7 @@ class RerankIn(BaseModel):
 
 
 class SearchIn(BaseModel):
-    """One query: exactly one of text, image, vector, item_id."""
+    """One query: at most one of text, image, vector, item_id, and / or keywords."""
 
     model_config = ConfigDict(extra="forbid")
     text: Text | None = Field(None, description="text -> image search (any language the encoder speaks)")
@@ -108,6 +108,8 @@ class SearchIn(BaseModel):
     include_regions: bool = Field(False, description="GroupViT collections, text queries: where each hit matched")
     ask: Text = Field("", description="a question answered about each hit by ask_model")
     ask_model: Text = Field("", description="BLIP VQA / BLIP-2 checkpoint the server allows")
+    keywords: Text = Field("", description="words that must all appear in a hit's caption, file name or text "
+                           "fields; alone: keyword matches; beside a query: fused by reciprocal rank fusion")
 
 
 class RegionOut(BaseModel):
@@ -131,6 +133,8 @@ class HitOut(BaseModel):
     uri: str
     score: float = Field(description="first-stage score (inner product of unit vectors)")
     rerank_score: float | None = Field(None, description="ITM P(match), when reranked")
+    vector_score: float | None = Field(None, description="with keywords: the cosine, when the vector list held it")
+    keyword_score: float | None = Field(None, description="with keywords: the keyword score, when it matched")
     width: int
     height: int
     sha256: str
@@ -147,6 +151,7 @@ class SearchOut(BaseModel):
     hits: list[HitOut]
     timing: dict[str, float] = Field(description="milliseconds per stage")
     filter_strategy: str
+    score_kind: str = Field(description='what score is: "vector" (cosine), "keyword" or "rrf" (fused)')
     candidates: int
     offset: int
     next_offset: int | None = Field(description="offset of the next page; null when this page is the last")
@@ -192,7 +197,7 @@ def to_query(collection: str, body: SearchIn, max_bytes: int) -> Query:
                  include_metadata=body.include_metadata, include_caption=body.include_caption,
                  include_vector=body.include_vector, nprobe=body.nprobe, ef=body.ef_search,
                  min_rerank_probability=body.min_rerank_probability, include_regions=body.include_regions,
-                 ask=body.ask, ask_model=body.ask_model)
+                 ask=body.ask, ask_model=body.ask_model, keywords=body.keywords)
 
 
 def request_deadline(request: Request, default_s: float) -> float:
@@ -249,7 +254,7 @@ def image_type(data: bytes) -> str:
 
 def _info_json(info: CollectionInfo) -> dict:
     return {"name": info.name, "model": info.model, "model_digest": info.model_digest, "dim": info.dim,
-            "items": info.items, "index": info.index, "indexed": info.indexed}
+            "items": info.items, "index": info.index, "indexed": info.indexed, "text_fields": info.text_fields}
 
 
 def _time(value) -> str | None:
@@ -395,6 +400,10 @@ def build_app(service: Service, metrics: Metrics, executor, ready: Ready) -> Fas
                              "box": list(r.box), "score": r.score, "coverage": r.coverage}
         if hit.answer is not None:
             out["answer"] = hit.answer
+        if hit.vector_score is not None:
+            out["vector_score"] = hit.vector_score
+        if hit.keyword_score is not None:
+            out["keyword_score"] = hit.keyword_score
         return out
 
     def item_json(collection: str, row, include_vector: bool) -> dict:
@@ -411,7 +420,8 @@ def build_app(service: Service, metrics: Metrics, executor, ready: Ready) -> Fas
         result = await run(service.search, query, deadline(request))
         return JSONResponse({"hits": [hit_json(collection, h) for h in result.hits],
                              "timing": {k: round(v, 3) for k, v in result.timing.items()},
-                             "filter_strategy": result.filter_strategy, "candidates": result.candidates,
+                             "filter_strategy": result.filter_strategy, "score_kind": result.score_kind,
+                             "candidates": result.candidates,
                              "offset": query.offset, "next_offset": result.next_offset or None})
 
     # -- errors --
@@ -455,7 +465,7 @@ def build_app(service: Service, metrics: Metrics, executor, ready: Ready) -> Fas
                   "properties": {"image": {"type": "string", "format": "binary"},
                                  **{name: {"type": "string"} for name in (
                                      "top_k", "offset", "min_score", "filter", "rerank_model", "rerank_depth",
-                                     "rerank_text", "include_metadata", "include_caption")}}}}}}})
+                                     "rerank_text", "include_metadata", "include_caption", "keywords")}}}}}}})
     async def search_upload(collection: str, request: Request):
         """Search by an uploaded image (multipart/form-data: `image` plus any SearchIn field as a form field;
         rerank as rerank_model / rerank_depth)."""

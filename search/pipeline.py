@@ -16,6 +16,12 @@ Paging: `offset` skips that many hits of the ranked list; the first stage fetche
 extra one says whether `next_offset` is set), so pages of one query over an unchanged collection are slices
 of one list. `min_score` cuts first-stage hits below it before paging.
 
+Keywords (search/hybrid.py): alone, the hits are the collection's keyword matches (filtered) ranked by the
+catalog's text index; beside a text / image / vector / item, the vector list and the keyword list are fused by
+reciprocal rank fusion, and rerank, captions and paging work on the fused list as on the first stage's.
+`min_score` is a cosine cut-off: it cuts the vector list before fusion (keyword matches stay) and is refused
+for a keyword-only query.
+
 Reranking follows BLIP / BLIP-2: ITM on the top `depth` first-stage candidates (default 128, at most 256,
 never fewer than top_k when top_k fits in that cap), final order by ITM probability, ties by first-stage
 score; both scores are returned. Candidates whose image cannot be read keep only their first-stage score
@@ -38,6 +44,7 @@ from indexer.catalog import Item, ItemRow
 from indexer.files import read_file
 from mmsearch.errors import DeadlineExceeded, InvalidInput, MMSearchError, NotFound
 from search import filters
+from search.hybrid import FUSION_DEPTH, fuse, keyword_hits
 from search.limits import PixelBudget, decode_chunks
 
 log = logging.getLogger("mmsearch.search")
@@ -78,6 +85,7 @@ class Query:
     ask_model: str = ""
     local_only: bool = False                     # a shard's own share only (what a fan-out asks each shard)
     allow_partial: bool = False                  # fan-out: leave out shards that do not answer
+    keywords: str = ""                           # words that must all appear (caption, file name, text fields)
 
 
 @dataclass
@@ -94,16 +102,19 @@ class Hit:
     region: Any = None  # search.regions.Region, with include_regions
     answer: str | None = None  # with ask
     sha256: str = ""
+    vector_score: float | None = None   # keyword queries: the cosine, when the vector list held the hit
+    keyword_score: float | None = None  # keyword queries: the text index's score, when the hit matched
 
 
 @dataclass
 class SearchResult:
     hits: list[Hit]
     timing: dict[str, float] = field(default_factory=dict)   # milliseconds per stage
-    filter_strategy: str = "none"                            # "none" | "id_selector" | "post_filter"
+    filter_strategy: str = "none"                            # "none" | "id_selector" | "post_filter" | "keywords"
     candidates: int = 0
     next_offset: int = 0                                     # the next page's offset; 0: this page is the last
     missing_shards: list[int] = field(default_factory=list)  # fan-out with allow_partial: shards left out
+    score_kind: str = "vector"                               # what Hit.score is: "vector" | "keyword" | "rrf"
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -196,10 +207,9 @@ class Searcher:
 
     def query_vector(self, query: Query, handle, deadline: float | None) -> tuple[np.ndarray, str | None]:
         """The (dim,) query vector and the text to rerank with (None when there is none)."""
-        kinds = [k for k, v in (("text", query.text), ("image", query.image), ("vector", query.vector),
-                                ("item_id", query.item_id)) if v is not None]
+        kinds = _vector_kinds(query)
         if not kinds:
-            raise InvalidInput("empty query: give a text, an image, a vector or an item id")
+            raise InvalidInput("empty query: give a text, an image, a vector, an item id or keywords")
         if len(kinds) > 1:
             raise InvalidInput(f"give one query, not {' and '.join(kinds)}")
         rerank_text = (query.rerank_text or "").strip() or None
@@ -234,8 +244,8 @@ class Searcher:
 
     def search(self, query: Query, deadline: float | None = None) -> SearchResult:
         t_start = time.perf_counter()
-        timing = dict.fromkeys(("encode_ms", "filter_ms", "ann_ms", "fetch_ms", "rerank_ms", "caption_ms",
-                                "regions_ms", "ask_ms"), 0.0)
+        timing = dict.fromkeys(("encode_ms", "filter_ms", "ann_ms", "keyword_ms", "fetch_ms", "rerank_ms",
+                                "caption_ms", "regions_ms", "ask_ms"), 0.0)
         top_k = check_top_k(query.top_k)
         offset = check_page(query.offset, top_k)
         min_score = query.min_score
@@ -245,6 +255,14 @@ class Searcher:
         if query.rerank_depth < 0:
             raise InvalidInput(f"rerank depth must be >= 0 (0 = default {self.default_depth}), got {query.rerank_depth}")
         _check_thresholds(query)
+        keywords = (query.keywords or "").strip()
+        if keywords:
+            from indexer.text_index import query_terms
+
+            query_terms(keywords)  # too long: refused before any model work
+        keyword_only = bool(keywords) and not _vector_kinds(query)
+        if keyword_only and min_score is not None:
+            raise InvalidInput("min_score is a cut-off on vector similarity; a keyword-only query has none")
         where_ast = filters.parse(query.filter or "")  # bad filters fail before any model work
         handle, revision = self.store.collection_at(query.collection)  # the revision: no re-read after encoding
         if query.include_regions:
@@ -262,7 +280,11 @@ class Searcher:
             answerer = self.models.answerer(query.ask_model)
 
         t = time.perf_counter()
-        vector, rerank_text = self.query_vector(query, handle, deadline)
+        if keyword_only:
+            vector, rerank_text = None, (query.rerank_text or "").strip() or keywords
+        else:
+            vector, rerank_text = self.query_vector(query, handle, deadline)
+            rerank_text = rerank_text or (keywords or None)
         timing["encode_ms"] = _ms(t)
         if reranker is not None and rerank_text is None:
             raise InvalidInput("reranking needs a text: set rerank_text when the query is an image, vector or item")
@@ -277,9 +299,17 @@ class Searcher:
             depth = max(depth, min(top_k, self.max_depth))
         end = offset + top_k
         k1 = max(end, depth) + 1 + (1 if query.item_id is not None else 0)
+        hybrid = bool(keywords) and not keyword_only and not query.local_only
+        if hybrid:  # each list's depth: the same for every page of the query (search/hybrid.py)
+            window = max(FUSION_DEPTH, top_k, depth)
+            k1 = window + (1 if query.item_id is not None else 0)
         remaining(deadline, "the index search")
         missing: list[int] = []
-        if self.fanout is not None and not query.local_only:
+        score_kind = "vector"
+        if keyword_only:
+            found = keyword_hits(self._keyword_stage(handle, keywords, where_ast, max(end, depth) + 1, timing))
+            strategy, score_kind = ("none" if where_ast is None else "keywords"), "keyword"
+        elif self.fanout is not None and not query.local_only:
             t = time.perf_counter()
             found, strategy, missing = self.fanout.first_stage(
                 handle.name, vector, k1, query, deadline,
@@ -291,12 +321,17 @@ class Searcher:
             found = [h for h in found if h.id != int(query.item_id)]
         if min_score is not None:  # first-stage scores come sorted, so this cuts the list
             found = [h for h in found if h.score >= min_score]
+        if hybrid:
+            matches = self._keyword_stage(handle, keywords, where_ast, window, timing)
+            if query.item_id is not None:
+                matches = [m for m in matches if m[0] != int(query.item_id)]
+            found, score_kind = fuse(found[:window], matches), "rrf"
         next_offset = end if len(found) > end else 0
         if query.local_only:  # a shard answering a fan-out: ids and scores are all the coordinator needs
             timing["total_ms"] = _ms(t_start)
             return SearchResult(hits=[Hit(id=int(h.id), uri="", score=float(h.score)) for h in found[offset:end]],
                                 timing=timing, filter_strategy=strategy, candidates=len(found),
-                                next_offset=next_offset)
+                                next_offset=next_offset, score_kind=score_kind)
         found = found[:max(end, depth)]
         rerank_head = reranker is not None and offset < depth
         wanted = found if rerank_head else found[offset:end]
@@ -345,10 +380,17 @@ class Searcher:
             timing["caption_ms"] = _ms(t)
         timing["total_ms"] = _ms(t_start)
         return SearchResult(hits=hits, timing=timing, filter_strategy=strategy, candidates=len(found),
-                            missing_shards=missing,
-                            next_offset=next_offset)
+                            missing_shards=missing, next_offset=next_offset, score_kind=score_kind)
 
     # -- stages --
+
+    def _keyword_stage(self, handle, keywords: str, where_ast, limit: int, timing) -> list[tuple[int, float]]:
+        """The collection's keyword matches under the filter, best first: [(id, score)]."""
+        t = time.perf_counter()
+        where = None if where_ast is None else filters.to_sql(where_ast, Item, handle.catalog.dialect)
+        matches = handle.catalog.keyword_search(handle.id, keywords, where, limit=limit)
+        timing["keyword_ms"] += _ms(t)
+        return matches
 
     def _first_stage(self, handle, vector, k: int, where_ast, query: Query, timing, revision) -> tuple[list, str]:
         opts = dict(nprobe=query.nprobe or None, ef=query.ef or None, revision=revision)
@@ -465,9 +507,16 @@ def _check_thresholds(query: Query) -> None:
             raise InvalidInput("min_rerank_probability needs a reranker (rerank model)")
 
 
+def _vector_kinds(query: Query) -> list[str]:
+    return [k for k, v in (("text", query.text), ("image", query.image), ("vector", query.vector),
+                           ("item_id", query.item_id)) if v is not None]
+
+
 def _hit(first_stage, row: ItemRow) -> Hit:
     return Hit(id=int(first_stage.id), uri=row.uri, score=float(first_stage.score), width=int(row.width or 0),
-               height=int(row.height or 0), sha256=row.sha256)
+               height=int(row.height or 0), sha256=row.sha256,
+               vector_score=getattr(first_stage, "vector_score", None),
+               keyword_score=getattr(first_stage, "keyword_score", None))
 
 
 def _ms(t0: float) -> float:

@@ -88,6 +88,7 @@ class CollectionInfo:
     items: int
     index: str
     indexed: int = 0
+    text_fields: list[str] = field(default_factory=list)
 
 
 class Service:
@@ -381,20 +382,24 @@ class Service:
 
     def _info(self, row, *, stats: bool = False) -> CollectionInfo:
         info = CollectionInfo(name=row.name, model=row.encoder_name, model_digest=row.encoder_digest, dim=row.dim,
-                              items=self.store.catalog.count(row.id), index=row.index_spec)
+                              items=self.store.catalog.count(row.id), index=row.index_spec,
+                              text_fields=list(row.text_fields or []))
         if stats:
             index = self.store.collection(row.name).index
             info.index, info.indexed = str(index.spec), index.ntotal
         return info
 
-    def create_collection(self, name: str, model: str, index: str = "") -> CollectionInfo:
+    def create_collection(self, name: str, model: str, index: str = "", *, text_fields=()) -> CollectionInfo:
         from indexer.catalog import check_collection_name
 
         if not model:
             raise InvalidInput("model is required: the dual encoder the collection is bound to")
         check_collection_name(name)
         enc = self.models.dual(model)
-        handle = self.store.create_collection(name, enc, index or None)
+        from indexer.text_index import check_text_fields
+
+        fields = check_text_fields(text_fields)  # before the model loads
+        handle = self.store.create_collection(name, enc, index or None, text_fields=fields)
         return self._info(handle.row)
 
     def list_collections(self) -> list[CollectionInfo]:

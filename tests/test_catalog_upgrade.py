@@ -107,7 +107,7 @@ def test_migrate_command_and_vacuum(tmp_path, capsys):
     shutil.copytree(DATA / "catalog_v1", data)
     before = _v1_items(data / "catalog.db")
     assert main(["migrate", "--data-dir", str(data)]) == 0
-    assert "upgraded from schema version 1 to 2" in capsys.readouterr().out
+    assert f"upgraded from schema version 1 to {SCHEMA_VERSION}" in capsys.readouterr().out
     assert main(["migrate", "--data-dir", str(data), "--vacuum"]) == 0
     out = capsys.readouterr().out
     assert "nothing to upgrade" in out and "vacuumed" in out

@@ -22,7 +22,7 @@ class RerankOptions(_message.Message):
     def __init__(self, model: _Optional[str] = ..., depth: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "text", "image", "vector", "item_id", "top_k", "filter", "rerank", "include_metadata", "include_caption", "include_vector", "nprobe", "ef_search", "rerank_text", "caption_model", "min_score", "min_rerank_probability", "include_regions", "ask", "ask_model", "offset", "local_only", "allow_partial")
+    __slots__ = ("collection", "text", "image", "vector", "item_id", "top_k", "filter", "rerank", "include_metadata", "include_caption", "include_vector", "nprobe", "ef_search", "rerank_text", "caption_model", "min_score", "min_rerank_probability", "include_regions", "ask", "ask_model", "offset", "local_only", "allow_partial", "keywords")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class SearchRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     LOCAL_ONLY_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    KEYWORDS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     text: str
     image: bytes
@@ -69,7 +70,8 @@ class SearchRequest(_message.Message):
     offset: int
     local_only: bool
     allow_partial: bool
-    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[str] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., include_metadata: _Optional[bool] = ..., include_caption: _Optional[bool] = ..., include_vector: _Optional[bool] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., rerank_text: _Optional[str] = ..., caption_model: _Optional[str] = ..., min_score: _Optional[float] = ..., min_rerank_probability: _Optional[float] = ..., include_regions: _Optional[bool] = ..., ask: _Optional[str] = ..., ask_model: _Optional[str] = ..., offset: _Optional[int] = ..., local_only: _Optional[bool] = ..., allow_partial: _Optional[bool] = ...) -> None: ...
+    keywords: str
+    def __init__(self, collection: _Optional[str] = ..., text: _Optional[str] = ..., image: _Optional[bytes] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., item_id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter: _Optional[str] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., include_metadata: _Optional[bool] = ..., include_caption: _Optional[bool] = ..., include_vector: _Optional[bool] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., rerank_text: _Optional[str] = ..., caption_model: _Optional[str] = ..., min_score: _Optional[float] = ..., min_rerank_probability: _Optional[float] = ..., include_regions: _Optional[bool] = ..., ask: _Optional[str] = ..., ask_model: _Optional[str] = ..., offset: _Optional[int] = ..., local_only: _Optional[bool] = ..., allow_partial: _Optional[bool] = ..., keywords: _Optional[str] = ...) -> None: ...
 
 class Region(_message.Message):
     __slots__ = ("mask_png", "view_left", "view_top", "view_right", "view_bottom", "x0", "y0", "x1", "y1", "score", "coverage")
@@ -98,7 +100,7 @@ class Region(_message.Message):
     def __init__(self, mask_png: _Optional[bytes] = ..., view_left: _Optional[float] = ..., view_top: _Optional[float] = ..., view_right: _Optional[float] = ..., view_bottom: _Optional[float] = ..., x0: _Optional[int] = ..., y0: _Optional[int] = ..., x1: _Optional[int] = ..., y1: _Optional[int] = ..., score: _Optional[float] = ..., coverage: _Optional[float] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "uri", "score", "rerank_score", "metadata", "caption", "vector", "width", "height", "region", "answer", "sha256")
+    __slots__ = ("id", "uri", "score", "rerank_score", "metadata", "caption", "vector", "width", "height", "region", "answer", "sha256", "vector_score", "keyword_score")
     ID_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +113,8 @@ class Hit(_message.Message):
     REGION_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_SCORE_FIELD_NUMBER: _ClassVar[int]
+    KEYWORD_SCORE_FIELD_NUMBER: _ClassVar[int]
     id: int
     uri: str
     score: float
@@ -123,10 +127,12 @@ class Hit(_message.Message):
     region: Region
     answer: str
     sha256: str
-    def __init__(self, id: _Optional[int] = ..., uri: _Optional[str] = ..., score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., caption: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., region: _Optional[_Union[Region, _Mapping]] = ..., answer: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+    vector_score: float
+    keyword_score: float
+    def __init__(self, id: _Optional[int] = ..., uri: _Optional[str] = ..., score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., caption: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., region: _Optional[_Union[Region, _Mapping]] = ..., answer: _Optional[str] = ..., sha256: _Optional[str] = ..., vector_score: _Optional[float] = ..., keyword_score: _Optional[float] = ...) -> None: ...
 
 class Timing(_message.Message):
-    __slots__ = ("encode_ms", "filter_ms", "ann_ms", "fetch_ms", "rerank_ms", "total_ms", "caption_ms", "regions_ms", "ask_ms")
+    __slots__ = ("encode_ms", "filter_ms", "ann_ms", "fetch_ms", "rerank_ms", "total_ms", "caption_ms", "regions_ms", "ask_ms", "keyword_ms")
     ENCODE_MS_FIELD_NUMBER: _ClassVar[int]
     FILTER_MS_FIELD_NUMBER: _ClassVar[int]
     ANN_MS_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +142,7 @@ class Timing(_message.Message):
     CAPTION_MS_FIELD_NUMBER: _ClassVar[int]
     REGIONS_MS_FIELD_NUMBER: _ClassVar[int]
     ASK_MS_FIELD_NUMBER: _ClassVar[int]
+    KEYWORD_MS_FIELD_NUMBER: _ClassVar[int]
     encode_ms: float
     filter_ms: float
     ann_ms: float
@@ -145,23 +152,26 @@ class Timing(_message.Message):
     caption_ms: float
     regions_ms: float
     ask_ms: float
-    def __init__(self, encode_ms: _Optional[float] = ..., filter_ms: _Optional[float] = ..., ann_ms: _Optional[float] = ..., fetch_ms: _Optional[float] = ..., rerank_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., caption_ms: _Optional[float] = ..., regions_ms: _Optional[float] = ..., ask_ms: _Optional[float] = ...) -> None: ...
+    keyword_ms: float
+    def __init__(self, encode_ms: _Optional[float] = ..., filter_ms: _Optional[float] = ..., ann_ms: _Optional[float] = ..., fetch_ms: _Optional[float] = ..., rerank_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., caption_ms: _Optional[float] = ..., regions_ms: _Optional[float] = ..., ask_ms: _Optional[float] = ..., keyword_ms: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "timing", "filter_strategy", "candidates", "next_offset", "missing_shards")
+    __slots__ = ("hits", "timing", "filter_strategy", "candidates", "next_offset", "missing_shards", "score_kind")
     HITS_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     FILTER_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     NEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
     MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_KIND_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     timing: Timing
     filter_strategy: str
     candidates: int
     next_offset: int
     missing_shards: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., filter_strategy: _Optional[str] = ..., candidates: _Optional[int] = ..., next_offset: _Optional[int] = ..., missing_shards: _Optional[_Iterable[int]] = ...) -> None: ...
+    score_kind: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., filter_strategy: _Optional[str] = ..., candidates: _Optional[int] = ..., next_offset: _Optional[int] = ..., missing_shards: _Optional[_Iterable[int]] = ..., score_kind: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("collection", "model", "texts", "images")
@@ -346,17 +356,19 @@ class GetResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "model", "index")
+    __slots__ = ("name", "model", "index", "text_fields")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     index: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., index: _Optional[str] = ...) -> None: ...
+    text_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., index: _Optional[str] = ..., text_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "model", "model_digest", "dim", "items", "index", "indexed")
+    __slots__ = ("name", "model", "model_digest", "dim", "items", "index", "indexed", "text_fields")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -364,6 +376,7 @@ class CollectionInfo(_message.Message):
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     INDEXED_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     model_digest: str
@@ -371,7 +384,8 @@ class CollectionInfo(_message.Message):
     items: int
     index: str
     indexed: int
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_digest: _Optional[str] = ..., dim: _Optional[int] = ..., items: _Optional[int] = ..., index: _Optional[str] = ..., indexed: _Optional[int] = ...) -> None: ...
+    text_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_digest: _Optional[str] = ..., dim: _Optional[int] = ..., items: _Optional[int] = ..., index: _Optional[str] = ..., indexed: _Optional[int] = ..., text_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListCollectionsRequest(_message.Message):
     __slots__ = ()
