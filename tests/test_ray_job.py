@@ -207,3 +207,16 @@ def test_killed_worker_node_and_driver_then_the_same_command_resumes_exactly_onc
         assert jobs[0].state == "done" and jobs[0].resumed_from == jobs[1].id
         assert jobs[1].state in ("interrupted", "failed"), jobs[1].message
         assert jobs[0].added + jobs[1].added == n
+
+
+def test_without_ray_the_engine_says_how_to_get_it(tiny_siglip_dir, tmp_path):
+    shadow = tmp_path / "no-ray" / "ray"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")  # as if not installed
+    make_inputs(tmp_path / "in", 1)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(shadow.parent), str(ROOT)]))
+    proc = subprocess.run([sys.executable, "-m", "search.cli", "index", str(tmp_path / "in"), "--collection", "c",
+                           "--model", str(tiny_siglip_dir), "--data-dir", str(tmp_path / "d"), "--engine", "ray"],
+                          cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        'mmsearch index: --engine ray needs Ray Data, which is not installed: pip install -e ".[ray]"'], proc.stderr
