@@ -17,7 +17,6 @@ and record the cosine between draft and exact vectors. Prints a table and writes
 from __future__ import annotations
 
 import argparse
-import json
 import importlib.util
 import sys
 from pathlib import Path

@@ -176,20 +176,6 @@ def against(calls: dict) -> list[tuple[str, str]]:
 DTYPE_GOALS = {"fp32": 1.0, "bf16": 1.2}  # issue 12: ours >= transformers in fp32, >= 1.2x in bf16 like for like
 
 
-def alternate(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Best-of-`repeats` seconds per named call, after one warm-up each. The calls alternate within a
-    round, so load changes on a shared machine hit every implementation alike."""
-    for fn in calls.values():
-        fn()
-    best = {name: float("inf") for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
 def run_child(script: str | Path, **options) -> dict:
     """Run `python script --child --key value ...` and return the JSON object on its last stdout line.
     Children isolate peak RSS and thread pools per measurement."""
@@ -213,15 +199,6 @@ def child_main(child: Callable[[object], dict]) -> None:
     for key, value in zip(argv[1::2], argv[2::2]):
         options[key.lstrip("-").replace("-", "_")] = int(value) if value.lstrip("-").isdigit() else value
     print(json.dumps(child(argparse.Namespace(**options))))
-
-
-def rate_row(family: str, task: str, dtype: str, ours: float, reference: float | None, **extra) -> dict:
-    """One table row; the ratio comes from the unrounded rates."""
-    row = dict(family=family, task=task, dtype=dtype, ours=float(f"{ours:.3g}"),
-               reference=None if reference is None else float(f"{reference:.3g}"),
-               ratio=None if not reference else round(ours / reference, 2))
-    row.update({k: (round(v, 5) if isinstance(v, float) else v) for k, v in extra.items()})
-    return row
 
 
 def print_table(rows: list[dict]) -> None:

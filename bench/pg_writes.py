@@ -19,7 +19,6 @@ import multiprocessing as mp
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -96,6 +95,52 @@ def trial(url: str, data_dir: str, writers: int, rows: int, commit_every: int, n
             "commit_ms_p99": round(1000 * commits[int(len(commits) * 0.99)], 1)}
 
 
+def profile(url: str, data_dir: str, rows: int, commit_every: int) -> dict:
+    """Where one writer's commit time goes: each bulk COPY (by table), the uri/sha probe, id allocation,
+    metadata keys, and the COMMIT itself (its WAL flush), as shares of the wall time."""
+    import collections
+
+    import indexer.catalog as catalog_module
+    from indexer.store import Store
+
+    spent: dict[str, float] = collections.defaultdict(float)
+
+    def timed(name, fn):
+        def run(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name(*a) if callable(name) else name] += time.perf_counter() - t
+        return run
+
+    saved = {n: getattr(catalog_module.Catalog, n) for n in ("existing_shas", "_new_item_ids", "_key_ids")}
+    insert_rows = catalog_module._insert_rows
+    catalog_module._insert_rows = timed(lambda conn, dialect, table, *_: f"COPY {table}", insert_rows)
+    for n, fn in saved.items():
+        setattr(catalog_module.Catalog, n, timed(n, fn))
+    try:
+        with Store.open(data_dir, db=url) as store:
+            store.catalog.create_collection("profile", encoder_name="bench", encoder_family="siglip",
+                                            encoder_digest="0" * 64, dim=DIM, index_spec="flat")
+            handle, catalog = store.collection("profile"), store.catalog
+            batch = make_rows(0, rows, "profile")
+            start = time.perf_counter()
+            for at in range(0, rows, commit_every):
+                with catalog.write(handle.id) as (s, rev):
+                    handle.write_rows(s, rev, batch[at:at + commit_every], replace_uri=False)
+                    t = time.perf_counter()
+                spent["COMMIT"] += time.perf_counter() - t
+            wall = time.perf_counter() - start
+    finally:
+        catalog_module._insert_rows = insert_rows
+        for n, fn in saved.items():
+            setattr(catalog_module.Catalog, n, fn)
+    shares = {k: round(v / wall, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
+    shares["rest (Python, revision bump, live count)"] = round(1 - sum(shares.values()), 3)
+    return {"rows": rows, "rows_per_s": round(rows / wall), "share_of_wall_time": shares}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=25_600, help="rows per trial, split among the writers")
@@ -126,6 +171,8 @@ def main() -> int:
                 t.update(round=r, loadavg=load_average())
                 trials.append(t)
                 print(t, flush=True)
+        prof = profile(url, data_dir, min(args.rows, 5120), args.commit_every)
+        print("one writer, where the time goes:", prof, flush=True)
     finally:
         server.stop()
     summary = {}
@@ -139,7 +186,7 @@ def main() -> int:
                                       "meta_keys": 5, "durable": not args.no_fsync, "rounds": args.rounds,
                                       "postgres": bin_dir},
                          "machine": {"cpus": __import__("os").cpu_count(), "loadavg_before": before},
-                         "summary": summary, "trials": trials})
+                         "summary": summary, "profile_one_writer": prof, "trials": trials})
     return 0
 
 
