@@ -141,6 +141,37 @@ def profile(url: str, data_dir: str, rows: int, commit_every: int) -> dict:
     return {"rows": rows, "rows_per_s": round(rows / wall), "share_of_wall_time": shares}
 
 
+def probe_comparison(url: str, data_dir: str, rounds: int, commit_every: int) -> dict:
+    """The write path's sha probe for one commit's rows against 50k stored items: `= ANY(array)` (what
+    Catalog.existing_shas sends on PostgreSQL) vs an IN list of one parameter per value (what it sent before),
+    interleaved (harness.compare), 20 probes per call."""
+    from sqlalchemy import select
+
+    from harness import compare
+    from indexer.catalog import Item
+    from indexer.store import Store
+
+    with Store.open(data_dir, db=url) as store:
+        store.catalog.create_collection("probe", encoder_name="bench", encoder_family="siglip",
+                                        encoder_digest="0" * 64, dim=DIM, index_spec="flat")
+        handle, catalog = store.collection("probe"), store.catalog
+        stored = make_rows(0, 50_000, "probe")
+        for at in range(0, len(stored), 2000):
+            with catalog.write(handle.id) as (s, rev):
+                handle.write_rows(s, rev, stored[at:at + 2000], replace_uri=False)
+        shas = [r.sha256 for r in make_rows(1, commit_every, "probe")]
+        live = catalog.live(handle.id)
+        with catalog.session() as s:
+            def probe(condition):
+                return lambda: [s.execute(select(Item.id, Item.sha256).where(live, condition)).all() for _ in range(20)]
+            out = compare({"any_array": probe(catalog._among(Item.sha256, shas)),
+                           "in_list": probe(Item.sha256.in_(shas))}, 20, rounds, [("any_array", "in_list")])
+    return {"values_per_probe": commit_every, "stored_items": len(stored),
+            "ms_per_probe": {k: round(1000 / v, 2) for k, v in out["rates"].items()},
+            "in_list_over_any_array": out["ratios"]["any_array/in_list"], "seconds_per_20": out["seconds"],
+            "loadavg_before": out["loadavg_before"], "loadavg_after": out["loadavg_after"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=25_600, help="rows per trial, split among the writers")
@@ -149,8 +180,11 @@ def main() -> int:
     parser.add_argument("--commit-every", type=int, default=256, help="rows per transaction (the job's default)")
     parser.add_argument("--no-fsync", action="store_true", help="the test suite's settings: fsync and "
                                                                 "synchronous_commit off")
-    parser.add_argument("--out", default=str(harness.RESULTS / "pg_writes.json"))
+    parser.add_argument("--probe", action="store_true", help="only compare the sha probe's two SQL forms "
+                                                             "(writes bench/results/pg_probe.json)")
+    parser.add_argument("--out", default=None, help="default bench/results/pg_writes.json (pg_probe.json with --probe)")
     args = parser.parse_args()
+    args.out = args.out or str(harness.RESULTS / ("pg_probe.json" if args.probe else "pg_writes.json"))
 
     from postgres import PostgresServer, find_bin_dir
 
@@ -164,6 +198,11 @@ def main() -> int:
     before = load_average()
     try:
         url = server.new_database()
+        if args.probe:
+            result = probe_comparison(url, data_dir, args.rounds, args.commit_every)
+            print(result, flush=True)
+            save_json(args.out, {"settings": {"durable": not args.no_fsync, "rounds": args.rounds}, "probe": result})
+            return 0
         for r in range(args.rounds):
             counts = args.writers[r % len(args.writers):] + args.writers[:r % len(args.writers)]
             for n in counts:

@@ -695,8 +695,8 @@ class Catalog:
 
     def _among(self, column, values: Sequence[str]):
         """`column IN (values)`; on PostgreSQL `column = ANY(:array)`, one parameter instead of one per value:
-        the bulk job's per-commit probes (256 uris or shas) then take ~8 ms instead of ~70 ms each
-        (bench/pg_writes.py)."""
+        the bulk job's per-commit probe (256 shas) runs ~4x faster (`python bench/pg_writes.py --probe`,
+        bench/results/pg_probe.json)."""
         if self.dialect == "postgresql":
             return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
         return column.in_(values)
