@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import harness
-from harness import DTYPE_GOALS, against, compare, compare_row, reference_calls, run_child
+from harness import DTYPE_GOALS, against, compare, compare_row, processor_inputs, reference_calls, run_child
 
 
 BASE_TEXT = dict(vocab_size=30524, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
@@ -95,8 +95,8 @@ def child(args) -> dict:
                     tok = processor(text=texts, padding=True, truncation=True, return_tensors="pt")
                     hidden = ref.text_encoder(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
                     return normalize(ref.text_proj(hidden.last_hidden_state[:, 0]))
-                inputs = processor(images=images, text=texts, padding=True, truncation=True, return_tensors="pt")
-                inputs["pixel_values"] = inputs["pixel_values"].to(torch_dtype)
+                inputs = processor_inputs(processor, torch_dtype, images=images, text=texts, padding=True,
+                                          truncation=True)
                 if args.task == "itm":
                     return ref(**inputs).itm_score.float().softmax(dim=-1)[:, 1].numpy()
                 out = ref.generate(pixel_values=inputs["pixel_values"], max_new_tokens=30)

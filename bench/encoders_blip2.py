@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 import harness
-from harness import DTYPE_GOALS, against, compare, compare_row, peak_rss_mb, reference_calls, run_child
+from harness import (DTYPE_GOALS, against, compare, compare_row, peak_rss_mb, processor_inputs, reference_calls,
+                     run_child)
 
 OPT_125M = dict(model_type="opt", vocab_size=50272, hidden_size=768, ffn_dim=3072, num_hidden_layers=12,
                 num_attention_heads=12, max_position_embeddings=2048, word_embed_proj_dim=768, pad_token_id=1,
@@ -127,8 +128,7 @@ def child_itm(args) -> dict:
         ref = Blip2ForImageTextRetrieval.from_pretrained(args.ckpt, dtype=torch_dtype).eval()
 
         def run():
-            inputs = processor(images=images, text=texts, padding=True, return_tensors="pt")
-            inputs["pixel_values"] = inputs["pixel_values"].to(torch_dtype)
+            inputs = processor_inputs(processor, torch_dtype, images=images, text=texts, padding=True)
             with torch.inference_mode():
                 logits = ref(**inputs, use_image_text_matching_head=True).logits_per_image
             return logits.float().softmax(dim=-1)[:, 1].numpy()
@@ -158,8 +158,7 @@ def child_caption(args) -> dict:
         ref.language_model.generation_config.eos_token_id = None
 
         def run():
-            inputs = processor(images=images, return_tensors="pt")
-            inputs["pixel_values"] = inputs["pixel_values"].to(torch_dtype)
+            inputs = processor_inputs(processor, torch_dtype, images=images)
             with torch.inference_mode():
                 return ref.generate(**inputs, max_new_tokens=new, num_beams=1, min_new_tokens=new)
         return run

@@ -173,6 +173,14 @@ def against(calls: dict) -> list[tuple[str, str]]:
     return [("ours", name) for name in ("transformers", "transformers_fp32") if name in calls]
 
 
+def processor_inputs(processor, torch_dtype, **kwargs):
+    """A transformers processor's tensors for a model loaded in `torch_dtype` (pixel values cast to it)."""
+    inputs = processor(return_tensors="pt", **kwargs)
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(torch_dtype)
+    return inputs
+
+
 DTYPE_GOALS = {"fp32": 1.0, "bf16": 1.2}  # issue 12: ours >= transformers in fp32, >= 1.2x in bf16 like for like
 
 

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 import harness
-from harness import against, compare, compare_row, print_table, reference_calls, run_child, write_results
+from harness import (against, compare, compare_row, print_table, processor_inputs, reference_calls, run_child,
+                     write_results)
 from encoders_blip import make_checkpoint
 
 QUESTIONS = ["what is this?", "how many cats are on the sofa in this picture?", "is it red",
@@ -44,8 +45,7 @@ def child(args) -> dict:
         model = BlipForQuestionAnswering.from_pretrained(args.ckpt, dtype=torch_dtype).eval()
 
         def run():
-            inputs = processor(images=images, text=questions, padding=True, return_tensors="pt")
-            inputs["pixel_values"] = inputs["pixel_values"].to(torch_dtype)
+            inputs = processor_inputs(processor, torch_dtype, images=images, text=questions, padding=True)
             with torch.inference_mode():
                 out = model.generate(**inputs, max_new_tokens=args.max_new_tokens)
             return processor.batch_decode(out, skip_special_tokens=True)
