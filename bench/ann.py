@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import harness  # noqa: E402  (import paths; save_json)
+
+ROOT = harness.REPO
 
 from indexer.vectors import IndexSpec, VectorIndex  # noqa: E402
 
@@ -177,7 +177,7 @@ def main() -> None:
     result["machine"] = {"cpus": os.cpu_count(), "loadavg_before": [round(v, 2) for v in load_before],
                          "loadavg_after": [round(v, 2) for v in os.getloadavg()]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    harness.save_json(args.out, result)
     c = result["clustered"]
     print(f"\nclustered, exact single-query {c['exact']['single_qps']} q/s")
     for kind in ("ivf", "hnsw"):

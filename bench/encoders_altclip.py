@@ -1,27 +1,23 @@
 """AltCLIP and GroupViT throughput: ours vs transformers at the real architecture sizes with random weights (CPU).
 
-    python bench/encoders_altclip.py [--quick]     # standalone: prints the table, writes bench/results/encoders_altclip.json
-    python bench/encoders.py --families altclip    # through the lead's driver (calls bench_altclip)
+    python bench/encoders.py --families altclip [--quick]    # writes bench/results/encoders_altclip.json
 
 Architectures: BAAI/AltCLIP (CLIP ViT-L/14 at 224 px; XLM-R large text encoder, 250002-token vocabulary; 768-d
 projections) and nvidia/groupvit-gcc-yfcc (transformers' GroupViTConfig defaults: 384-wide grouping ViT-S/16 with
 64 then 8 groups, 256-wide 12-layer CLIP text transformer, MLP+BatchNorm heads). Texts are batches of 32; AltCLIP
 images are batches of 8 (ViT-L/14 takes seconds per image on a small CPU), GroupViT images batches of 32.
-Each (family, task, dtype) runs in its own child process that loads both implementations and alternates their
-timed calls (best of N after a warm-up), so load changes on a shared machine hit both alike.
+Each (family, task, dtype) runs in its own child process that loads both implementations and interleaves their
+timed calls round by round (harness.compare; bf16 rows: transformers in bf16 and in fp32 beside it).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 import harness
-from harness import alternate, print_table, rate_row, run_child, write_results
+from harness import DTYPE_GOALS, against, compare, compare_row, reference_calls, run_child
 
 
 ALTCLIP_VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
@@ -81,74 +77,55 @@ def child(args) -> dict:
     torch.manual_seed(0)
     ckpt, n = Path(args.ckpt), args.batch
     reference_cls = {"altclip": AltCLIPModel, "groupvit": GroupViTModel}[args.family]
-    ref = reference_cls.from_pretrained(ckpt, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(ckpt)
     enc = encoders.load(str(ckpt), dtype={"fp32": "float32", "bf16": "bfloat16"}[args.dtype])
     normalize = lambda t: torch.nn.functional.normalize(t.float(), dim=-1).numpy()
-    if args.task == "images":
-        pixels = processor(images=[random_image(640, 480, seed=i) for i in range(n)], return_tensors="pt")["pixel_values"]
-        ours = lambda: enc.encode_pixels(pixels)
+    pixels = processor(images=[random_image(640, 480, seed=i) for i in range(n)], return_tensors="pt")["pixel_values"]
+    texts = [" ".join(["a photo of a red circle on a white background"] * (1 + i % 3)) for i in range(n)]
+    ours = (lambda: enc.encode_pixels(pixels)) if args.task == "images" else (lambda: enc.encode_texts(texts))
 
-        def reference():
-            with torch.inference_mode():
-                return normalize(ref.get_image_features(pixel_values=pixels).pooler_output)
-    else:
-        texts = [" ".join(["a photo of a red circle on a white background"] * (1 + i % 3)) for i in range(n)]
-        ours = lambda: enc.encode_texts(texts)
+    def transformers_call(torch_dtype):
+        ref = reference_cls.from_pretrained(ckpt, dtype=torch_dtype).eval()
 
-        def reference():
+        def run():
             with torch.inference_mode():
+                if args.task == "images":
+                    return normalize(ref.get_image_features(pixel_values=pixels.to(torch_dtype)).pooler_output)
                 tok = processor(text=texts, padding=True, truncation=True, return_tensors="pt")
                 return normalize(ref.get_text_features(**tok).pooler_output)
+        return run
 
-    seconds = alternate({"ours": ours, "reference": reference}, args.repeats)
-    a, b = ours(), reference()
-    return dict(ours=n / seconds["ours"], reference=n / seconds["reference"],
-                cosine_vs_reference_fp32=float((a * b).sum(axis=1).min()))
+    calls = {"ours": ours, **reference_calls(args.dtype, transformers_call)}
+    out = compare(calls, n, args.rounds, against(calls))
+    a, b = ours(), calls.get("transformers_fp32", calls["transformers"])()
+    return {**out, "cosine_vs_reference_fp32": float((a * b).sum(axis=1).min())}
 
 
-TASKS = [  # (family, task, row label, batch)
-    ("altclip", "images", "images/s", 8),
-    ("altclip", "texts", "texts/s", 32),
-    ("groupvit", "images", "images/s", 32),
-    ("groupvit", "texts", "texts/s", 32),
+TASKS = [  # (family, task, row label, batch, --quick batch)
+    ("altclip", "images", "images/s", 8, 2),
+    ("altclip", "texts", "texts/s", 32, 16),
+    ("groupvit", "images", "images/s", 32, 8),
+    ("groupvit", "texts", "texts/s", 32, 32),
 ]
 
 
 def bench_altclip(args) -> list[dict]:
-    """Rows for AltCLIP and GroupViT (the lead's bench/encoders.py calls this)."""
-    work = Path(getattr(args, "workdir", None) or harness.default_workdir())
+    """Rows for AltCLIP and GroupViT (bench/encoders.py calls this)."""
+    work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    repeats = 1 if getattr(args, "quick", False) else 2
     ckpts = {"altclip": make_altclip(work / "altclip-large"), "groupvit": make_groupvit(work / "groupvit-gcc-yfcc")}
     rows = []
-    for family, task, label, batch in TASKS:
+    for family, task, label, batch, quick_batch in TASKS:
         for dtype in ("fp32", "bf16"):
-            r = run_child(__file__, family=family, task=task, dtype=dtype, ckpt=ckpts[family], batch=batch, repeats=repeats)
-            ours, reference = r.pop("ours"), r.pop("reference")
-            row = rate_row(family, label, dtype, ours, reference, batch=batch, reference_dtype="fp32", **r)
+            n = quick_batch if args.quick else batch
+            r = run_child(__file__, family=family, task=task, dtype=dtype, ckpt=ckpts[family], batch=n,
+                          rounds=args.rounds)
+            row = compare_row(family, label, dtype, r, goal=DTYPE_GOALS[dtype], batch=n,
+                              cosine_vs_reference_fp32=r["cosine_vs_reference_fp32"])
             rows.append(row)
-            print(row, file=sys.stderr, flush=True)
+            print({k: v for k, v in row.items() if k != "seconds"}, file=sys.stderr, flush=True)
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one timed repeat instead of two")
-    parser.add_argument("--workdir", default=harness.default_workdir())
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    for name in ("family", "task", "dtype", "ckpt"):
-        parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
-    parser.add_argument("--repeats", type=int, default=2, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(args)))
-        return
-    rows = bench_altclip(args)
-    print_table(rows)
-    write_results("encoders_altclip", rows)
-
-
 if __name__ == "__main__":
-    main()
+    harness.child_main(child)

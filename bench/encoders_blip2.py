@@ -1,24 +1,20 @@
 """BLIP-2 throughput and load memory: ours vs transformers at the real vision + Q-Former sizes (CPU).
 
-    python bench/encoders_blip2.py [--quick]     # standalone: prints the table, writes bench/results/encoders_blip2.json
-    python bench/encoders.py --families blip2    # through the lead's driver (calls bench_blip2)
+    python bench/encoders.py --families blip2 [--quick]    # writes bench/results/encoders_blip2.json
 
 Architecture: Salesforce/blip2-itm-vit-g / blip2-opt-* vision tower (EVA ViT-g/14 at 224 px: 1408 wide, 39
 layers) and Q-Former (BERT-base sized, 32 queries, cross-attention every 2nd layer); for captioning an
 OPT-125m sized language model (768 wide, 12 layers, vocabulary 50272) stands in for OPT-2.7b. Random weights
 are written straight to safetensors (one tensor at a time; the ITM checkpoint is ~4.4 GB, which also serves
 the peak-RSS-while-loading measurement) and deleted afterwards. Each (task, dtype) runs in its own child
-process that loads both implementations and alternates their timed calls, so load changes on a shared
-machine hit both. The reference always runs in float32.
+process that loads both implementations and interleaves their timed calls round by round (harness.compare;
+bf16 rows: transformers in bf16 and in fp32 beside it).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 import harness
-from harness import alternate, peak_rss_mb, print_table, rate_row, run_child, write_results
+from harness import (DTYPE_GOALS, against, compare, compare_row, peak_rss_mb, processor_inputs, reference_calls,
+                     run_child)
 
 OPT_125M = dict(model_type="opt", vocab_size=50272, hidden_size=768, ffn_dim=3072, num_hidden_layers=12,
                 num_attention_heads=12, max_position_embeddings=2048, word_embed_proj_dim=768, pad_token_id=1,
@@ -123,22 +120,25 @@ def child_itm(args) -> dict:
 
     import encoders
 
-    torch.set_num_threads(args.threads)
     images, texts = _images(args.batch), [f"a photo of a cat number {i}" for i in range(args.batch)]
     rr = encoders.load_reranker(args.ckpt, dtype=args.dtype)
-    ref = Blip2ForImageTextRetrieval.from_pretrained(args.ckpt, dtype=torch.float32).eval()
     processor = Blip2Processor.from_pretrained(args.ckpt)
 
-    def reference():
-        inputs = processor(images=images, text=texts, padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            logits = ref(**inputs, use_image_text_matching_head=True).logits_per_image
-        return logits.softmax(dim=-1)[:, 1].numpy()
+    def transformers_call(torch_dtype):
+        ref = Blip2ForImageTextRetrieval.from_pretrained(args.ckpt, dtype=torch_dtype).eval()
 
-    best = alternate({"ours": lambda: rr.score(images, texts), "reference": reference}, args.repeats)
-    ours_s, ref_s = best["ours"], best["reference"]
-    diff = float(np.abs(rr.score(images, texts) - reference()).max())
-    return {"ours": args.batch / ours_s, "reference": args.batch / ref_s, "max_prob_diff": diff}
+        def run():
+            inputs = processor_inputs(processor, torch_dtype, images=images, text=texts, padding=True)
+            with torch.inference_mode():
+                logits = ref(**inputs, use_image_text_matching_head=True).logits_per_image
+            return logits.float().softmax(dim=-1)[:, 1].numpy()
+        return run
+
+    ours = lambda: rr.score(images, texts)
+    calls = {"ours": ours, **reference_calls(_short(args.dtype), transformers_call)}
+    out = compare(calls, args.batch, args.rounds, against(calls))
+    diff = float(np.abs(ours() - calls.get("transformers_fp32", calls["transformers"])()).max())
+    return {**out, "max_prob_diff_vs_reference_fp32": diff}
 
 
 def child_caption(args) -> dict:
@@ -147,29 +147,33 @@ def child_caption(args) -> dict:
 
     import encoders
 
-    torch.set_num_threads(args.threads)
     images = _images(args.batch)
     cap = encoders.load_captioner(args.ckpt, dtype=args.dtype)
-    ref = Blip2ForConditionalGeneration.from_pretrained(args.ckpt, dtype=torch.float32).eval()
     processor = Blip2Processor.from_pretrained(args.ckpt)
-    # no eos: the random model generates all max_new_tokens in both implementations
-    ref.language_model.generation_config.eos_token_id = None
-    cap.eos_id = -1
+    cap.eos_id = -1  # no eos: the random model generates all max_new_tokens in both implementations
     new = args.max_new_tokens
 
-    def reference():
-        inputs = processor(images=images, return_tensors="pt")
-        with torch.inference_mode():
-            return ref.generate(**inputs, max_new_tokens=new, num_beams=1, min_new_tokens=new)
+    def transformers_call(torch_dtype):
+        ref = Blip2ForConditionalGeneration.from_pretrained(args.ckpt, dtype=torch_dtype).eval()
+        ref.language_model.generation_config.eos_token_id = None
 
-    best = alternate({"ours": lambda: cap.generate_ids(images, max_new_tokens=new), "reference": reference}, args.repeats)
-    ours_s, ref_s = best["ours"], best["reference"]
+        def run():
+            inputs = processor_inputs(processor, torch_dtype, images=images)
+            with torch.inference_mode():
+                return ref.generate(**inputs, max_new_tokens=new, num_beams=1, min_new_tokens=new)
+        return run
+
+    ours = lambda: cap.generate_ids(images, max_new_tokens=new)
+    calls = {"ours": ours, **reference_calls(_short(args.dtype), transformers_call)}
+    out = compare(calls, args.batch, args.rounds, against(calls))
     same = None
     if args.dtype == "float32":
-        ours_ids = cap.generate_ids(images, max_new_tokens=new)
-        ref_ids = [row[32:] for row in reference().tolist()]
-        same = ours_ids == ref_ids
-    return {"ours": args.batch / ours_s, "reference": args.batch / ref_s, "tokens_identical": same}
+        same = ours() == [row[32:] for row in calls["transformers"]().tolist()]
+    return {**out, "tokens_identical": same}
+
+
+def _short(dtype: str) -> str:
+    return {"float32": "fp32", "bfloat16": "bf16"}[dtype]
 
 
 CHILDREN = {"load": child_load, "itm": child_itm, "caption": child_caption}
@@ -179,59 +183,42 @@ CHILDREN = {"load": child_load, "itm": child_itm, "caption": child_caption}
 
 
 def bench_blip2(args) -> list[dict]:
-    quick = getattr(args, "quick", False)
-    base = Path(getattr(args, "workdir", None) or harness.default_workdir())
+    quick = args.quick
+    base = Path(args.workdir)
     base.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="blip2_bench_", dir=base))
-    threads = int(getattr(args, "threads", 0) or os.cpu_count())
-    repeats = 1 if quick else 2
     rows = []
     try:
         itm = make_checkpoint(work / "itm", "itm")
         size_mb = (itm / "model.safetensors").stat().st_size / 2 ** 20
         for dtype in ("float32", "bfloat16"):
             load = run_child(__file__, task="load", ckpt=itm, dtype=dtype)
-            rows.append({"family": "blip2", "task": "load peak RSS MB", "dtype": dtype[:4].replace("floa", "fp32")
-                         if dtype == "float32" else "bf16", "ours": round(load["peak_rss_mb"]),
-                         "reference": None, "ratio": round(load["peak_rss_mb"] / size_mb, 3),
-                         "file_mb": round(size_mb), "load_seconds": round(load["seconds"], 1),
-                         "note": "ratio = peak RSS / checkpoint file size"})
+            rows.append({"family": "blip2", "task": "load peak RSS MB", "dtype": _short(dtype),
+                         "ours": round(load["peak_rss_mb"]), "reference": None,
+                         "ratio": round(load["peak_rss_mb"] / size_mb, 3), "file_mb": round(size_mb),
+                         "load_seconds": round(load["seconds"], 1), "note": "ratio = peak RSS / checkpoint file size"})
         for dtype in ("float32", "bfloat16"):
-            r = run_child(__file__, task="itm", ckpt=itm, dtype=dtype, batch=2 if quick else 4, repeats=repeats, threads=threads)
-            rows.append(rate_row("blip2", "ITM pairs/s", "fp32" if dtype == "float32" else "bf16", r["ours"],
-                                 r["reference"], max_prob_diff=r["max_prob_diff"], note="reference fp32; ViT-g + Q-Former"))
+            batch = 2 if quick else 4
+            r = run_child(__file__, task="itm", ckpt=itm, dtype=dtype, batch=batch, rounds=args.rounds)
+            rows.append(compare_row("blip2", "ITM pairs/s", _short(dtype), r, goal=DTYPE_GOALS[_short(dtype)],
+                                    batch=batch, max_prob_diff_vs_reference_fp32=r["max_prob_diff_vs_reference_fp32"],
+                                    note="ViT-g + Q-Former"))
         shutil.rmtree(itm)
         cap = make_checkpoint(work / "opt", "opt")
         for dtype in ("float32", "bfloat16"):
-            r = run_child(__file__, task="caption", ckpt=cap, dtype=dtype, batch=2, repeats=repeats, threads=threads,
+            r = run_child(__file__, task="caption", ckpt=cap, dtype=dtype, batch=2, rounds=args.rounds,
                           max_new_tokens=10 if quick else 20)
-            rows.append(rate_row("blip2", "captions images/s", "fp32" if dtype == "float32" else "bf16", r["ours"],
-                                 r["reference"], tokens_identical=r["tokens_identical"],
-                                 note="reference fp32; ViT-g + Q-Former + OPT-125m sized LM, greedy"))
+            rows.append(compare_row("blip2", "captions images/s", _short(dtype), r, goal=DTYPE_GOALS[_short(dtype)],
+                                    batch=2, tokens_identical=r["tokens_identical"],
+                                    note="ViT-g + Q-Former + OPT-125m sized LM, greedy"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--workdir", default=None)
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--task", choices=sorted(CHILDREN))
-    parser.add_argument("--ckpt")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--max-new-tokens", type=int, default=20)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(CHILDREN[args.task](args)))
-        return
-    rows = bench_blip2(args)
-    print_table(rows)
-    write_results("encoders_blip2", rows)
+def _child(args) -> dict:
+    return CHILDREN[args.task](args)
+
 
 if __name__ == "__main__":
-    main()
+    harness.child_main(_child)

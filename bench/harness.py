@@ -118,18 +118,70 @@ def serve_worker(call: Callable[[], object], **info) -> None:
         print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
 
 
-def alternate(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Best-of-`repeats` seconds per named call, after one warm-up each. The calls alternate within a
-    round, so load changes on a shared machine hit every implementation alike."""
-    for fn in calls.values():
-        fn()
-    best = {name: float("inf") for name in calls}
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+def load_average() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages (os.getloadavg), recorded beside every comparison."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def compare(calls: dict[str, Callable[[], object]], items: int, rounds: int, against: list[tuple[str, str]],
+            warmup: int = 1) -> dict:
+    """Interleave `calls` (see `interleave`) and report each one's rate (`items` per median second) and, for
+    each (faster, slower) pair in `against`, the median paired ratio with its spread, plus the load averages
+    before and after. This is how every benchmark compares two implementations on a shared machine."""
+    before = load_average()
+    seconds = interleave(calls, rounds, warmup)
+    return {"rates": {name: items / median(s) for name, s in seconds.items()},
+            "ratios": {f"{a}/{b}": paired(seconds[a], seconds[b]) for a, b in against},
+            "seconds": {name: [round(x, 4) for x in s] for name, s in seconds.items()},
+            "loadavg_before": before, "loadavg_after": load_average()}
+
+
+def compare_row(family: str, task: str, dtype: str, result: dict, goal: float | None = None, **extra) -> dict:
+    """One table row from a `compare` result whose calls are "ours" and "transformers" (same dtype) and, for
+    a bf16 row, "transformers_fp32": rates, the like-for-like ratio (median, min, max), the ratio against
+    transformers fp32 beside it, and whether the goal (on the like-for-like median) is met."""
+    rates, ratios = result["rates"], result["ratios"]
+    like = ratios["ours/transformers"]
+    row = dict(family=family, task=task, dtype=dtype, ours=float(f"{rates['ours']:.3g}"),
+               reference=float(f"{rates['transformers']:.3g}"), ratio=like["median"], ratio_min=like["min"],
+               ratio_max=like["max"], rounds=like["rounds"])
+    if "ours/transformers_fp32" in ratios:
+        vs = ratios["ours/transformers_fp32"]
+        row.update(reference_fp32=float(f"{rates['transformers_fp32']:.3g}"), ratio_vs_fp32=vs["median"],
+                   ratio_vs_fp32_min=vs["min"], ratio_vs_fp32_max=vs["max"])
+    if goal is not None:
+        row.update(goal=goal, met=like["median"] >= goal)
+    row.update({k: (round(v, 5) if isinstance(v, float) else v) for k, v in extra.items()})
+    row.update(seconds=result["seconds"], loadavg_before=result["loadavg_before"],
+               loadavg_after=result["loadavg_after"])
+    return row
+
+
+def reference_calls(dtype: str, make: Callable[[object], Callable[[], object]]) -> dict[str, Callable[[], object]]:
+    """The transformers side of a comparison: `make(torch_dtype)` builds a call for a model loaded in that
+    dtype; fp32 rows get "transformers", bf16 rows "transformers" in bf16 (like for like) and
+    "transformers_fp32" beside it."""
+    import torch
+
+    if dtype == "fp32":
+        return {"transformers": make(torch.float32)}
+    return {"transformers": make(torch.bfloat16), "transformers_fp32": make(torch.float32)}
+
+
+def against(calls: dict) -> list[tuple[str, str]]:
+    """The ratios a comparison row reports: ours against each transformers call present."""
+    return [("ours", name) for name in ("transformers", "transformers_fp32") if name in calls]
+
+
+def processor_inputs(processor, torch_dtype, **kwargs):
+    """A transformers processor's tensors for a model loaded in `torch_dtype` (pixel values cast to it)."""
+    inputs = processor(return_tensors="pt", **kwargs)
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(torch_dtype)
+    return inputs
+
+
+DTYPE_GOALS = {"fp32": 1.0, "bf16": 1.2}  # issue 12: ours >= transformers in fp32, >= 1.2x in bf16 like for like
 
 
 def run_child(script: str | Path, **options) -> dict:
@@ -144,32 +196,47 @@ def run_child(script: str | Path, **options) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def rate_row(family: str, task: str, dtype: str, ours: float, reference: float | None, **extra) -> dict:
-    """One table row; the ratio comes from the unrounded rates."""
-    row = dict(family=family, task=task, dtype=dtype, ours=float(f"{ours:.3g}"),
-               reference=None if reference is None else float(f"{reference:.3g}"),
-               ratio=None if not reference else round(ours / reference, 2))
-    row.update({k: (round(v, 5) if isinstance(v, float) else v) for k, v in extra.items()})
-    return row
+def child_main(child: Callable[[object], dict]) -> None:
+    """The child side of `run_child`: parse its `--key value` options (ints where they are ints) into a
+    namespace, run `child` on it and print its JSON result as the last line."""
+    import argparse
+
+    argv, options = sys.argv[1:], {}
+    if argv[:1] != ["--child"]:
+        raise SystemExit(f"{sys.argv[0]} is run by bench/encoders.py (python bench/encoders.py --families ...)")
+    for key, value in zip(argv[1::2], argv[2::2]):
+        options[key.lstrip("-").replace("-", "_")] = int(value) if value.lstrip("-").isdigit() else value
+    print(json.dumps(child(argparse.Namespace(**options))))
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'family':<10} {'task':<24} {'dtype':<6} {'ours':>10} {'transformers':>13} {'ratio':>6}  notes"
+    header = (f"{'family':<10} {'task':<30} {'dtype':<5} {'ours':>8} {'transformers':>12} {'ratio [min-max]':>19}"
+              f" {'vs fp32':>7}")
     print(header)
     print("-" * len(header))
-    skip = {"family", "task", "dtype", "ours", "reference", "ratio"}
     for r in rows:
-        notes = ", ".join(f"{k}={v}" for k, v in r.items() if k not in skip)
         ratio = "" if r.get("ratio") is None else f"{r['ratio']:.2f}x"
+        if r.get("ratio_min") is not None:
+            ratio += f" [{r['ratio_min']:.2f}-{r['ratio_max']:.2f}]"
+        vs = "" if r.get("ratio_vs_fp32") is None else f"{r['ratio_vs_fp32']:.2f}x"
         reference = "" if r.get("reference") is None else r["reference"]
-        print(f"{r['family']:<10} {r['task']:<24} {r['dtype']:<6} {r['ours']:>10} {reference:>13} {ratio:>6}  {notes}",
+        print(f"{r['family']:<10} {r['task']:<30} {r['dtype']:<5} {r['ours']:>8} {reference:>12} {ratio:>19} {vs:>7}",
               flush=True)
+
+
+def command_line() -> str:
+    """The command that produced a result, as a reader would type it from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script
+    return " ".join(["python", str(shown), *sys.argv[1:]])
 
 
 def write_results(name: str, rows: list[dict], **info) -> Path:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{name}.json"
-    out.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, **info, "rows": rows}, indent=2))
+    out.write_text(json.dumps({"command": command_line(), "machine": {"cpus": os.cpu_count(),
+                                                                      "loadavg_at_end": load_average()},
+                               **info, "rows": rows}, indent=2))
     print(f"\nwrote {out}")
     return out
 
@@ -195,5 +262,7 @@ def start_server(data_dir: Path, log: Path, *flags: str):
 def save_json(path: str | Path, out: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    out = {"command": command_line(), **out}
+    out.setdefault("machine", {"cpus": os.cpu_count()}).setdefault("loadavg_at_end", load_average())
     path.write_text(json.dumps(out, indent=1))
     print(f"wrote {path}")

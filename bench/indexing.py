@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+import harness  # noqa: E402  (import paths: the repository and tests/; save_json)
+
+ROOT = harness.REPO
 
 
 def make_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -153,7 +153,7 @@ def main() -> None:
         result = json.loads(Path(args.out).read_text())
         result["peak_rss_tiny_model"] = {str(n): rss_run(tiny, n, work) for n in args.rss_items}
         print(result["peak_rss_tiny_model"])
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        harness.save_json(args.out, result)
         return
 
     import importlib.util
@@ -222,7 +222,7 @@ def main() -> None:
         "job": job, "peak_rss_tiny_model": rss,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    harness.save_json(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -22,7 +22,6 @@ Goals checked (and written to the JSON):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -234,9 +233,7 @@ def main() -> int:
                         "index": "flat", "top_k": 10},
            "tower": tower, "runs": runs, "c32_rounds": rounds, "goals": goals,
            "command": "python bench/serving.py " + " ".join(sys.argv[1:])}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    harness.save_json(args.out, out)
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)  # the base checkpoint is ~800 MB

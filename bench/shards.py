@@ -106,9 +106,13 @@ def main() -> int:
                   f" fan-out {row['fanout']:.2f} ms = {row['fanout_vs_slowest_shard']:.2f}x the slowest shard, "
                   f"{row['fanout_vs_single']:.2f}x one node", flush=True)
         ratios = [r["fanout_vs_single"] for r in rounds]
-        goal = {"value": statistics.median(ratios), "rounds": ratios, "goal": "<= 1.3 (fan-out p50 / one node p50)",
-                "fanout_vs_slowest_shard_median": statistics.median(r["fanout_vs_slowest_shard"] for r in rounds)}
+        vs_shard = [r["fanout_vs_slowest_shard"] for r in rounds]
+        goal = {"value": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "rounds": ratios,
+                "goal": "<= 1.3 (fan-out p50 / one node p50)",
+                "fanout_vs_slowest_shard_median": statistics.median(vs_shard),
+                "fanout_vs_slowest_shard_min": min(vs_shard), "fanout_vs_slowest_shard_max": max(vs_shard)}
         goal["met"] = goal["value"] <= 1.3
+        goal["met_vs_slowest_shard"] = goal["fanout_vs_slowest_shard_median"] <= 1.3
         print(f"\nfan-out p50 / one node p50: {goal['value']:.2f} (goal <= 1.3) {'met' if goal['met'] else 'NOT met'};"
               f" / slowest shard's own share: {goal['fanout_vs_slowest_shard_median']:.2f}")
         for c in clients.values():

@@ -44,8 +44,9 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self, bin_dir: str):
+    def __init__(self, bin_dir: str, *, durable: bool = False):
         self.bin_dir = bin_dir
+        self.durable = durable  # False (tests): no fsync; True (benchmarks): PostgreSQL's own defaults
         self.root = tempfile.mkdtemp(prefix="mmsearch-pg-")
         self.data = os.path.join(self.root, "data")
         self.port = _free_port()
@@ -71,8 +72,9 @@ class PostgresServer:
         b = self.bin_dir
         self._run(f"{b}/initdb", "-D", self.data, "-U", "mmsearch", "--auth=trust", "-E", "UTF8",
                   "--locale=C", "--no-sync")
-        opts = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=50")
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=50"
+        if not self.durable:
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(f"{b}/pg_ctl", "-D", self.data, "-o", opts, "-l", os.path.join(self.root, "server.log"),
                   "-w", "-t", "60", "start")
         return self

@@ -195,3 +195,28 @@ def test_kept_read_connections_survive_a_postgres_restart(pg_url):  # noqa: F811
     assert cat.collection_state("c")[1] == 1
     assert len(cat.items_by_id(coll.id, cat.select_ids(coll.id))) == 2
     cat.close()
+
+
+def test_write_probes_find_live_uris_and_shas_only(db_url):
+    """The bulk write path's probes (existing_shas / live_by_uri: `= ANY(array)` on PostgreSQL, IN on SQLite)
+    answer the same on both backends: live items of this collection only, more values than one chunk, uris
+    with characters an array literal would need quoted."""
+    cat = Catalog(db_url)
+    a, b = (cat.create_collection(n, encoder_name="m", encoder_family="siglip", encoder_digest="d", dim=DIM).id
+            for n in ("a", "b"))
+    odd = ['/x/"quoted", {braced}\\.jpg', "/x/NULL", "/x/é ü.jpg"]
+    with cat.write(a) as (s, rev):
+        cat.insert_items(s, a, rev, [NewItem(uri=u, sha256=f"{i:064x}", width=1, height=1, vector=bytes(4 * DIM))
+                                     for i, u in enumerate(odd)])
+    _items(cat, a, 1000, start=10)
+    _items(cat, b, 5)
+    cat.delete_where(a, Item.uri == "/x/NULL")
+    shas = [f"{i:064x}" for i in range(3)] + [f"{a:02d}{i:062x}" for i in range(1010)] + [f"{b:02d}{0:062x}"]
+    uris = odd + [f"/{a}/{i}.jpg" for i in range(1010)] + [f"/{b}/0.jpg"]
+    with cat.session() as s:
+        found_shas = cat.existing_shas(s, a, shas)
+        found_uris = cat.live_by_uri(s, a, uris)
+    assert sorted(found_shas) == sorted([f"{0:064x}", f"{2:064x}"] + [f"{a:02d}{i:062x}" for i in range(10, 1010)])
+    assert sorted(found_uris) == sorted([odd[0], odd[2]] + [f"/{a}/{i}.jpg" for i in range(10, 1010)])
+    assert found_uris[odd[0]] == (found_shas[f"{0:064x}"], f"{0:064x}")
+    cat.close()
