@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from indexer.vectors import IndexSpec, VectorIndex  # noqa: E402
+from indexer.ann import IndexSpec, VectorIndex  # noqa: E402
 
 K = 10
 
