@@ -216,3 +216,22 @@ def test_upsert_rechooses_in_the_background_without_blocking_search(store, monke
     assert index.spec.kind == "ivf" and index.ntotal == 1499
     assert_index_matches_catalog(coll)
     assert VectorIndex.read_header(store.index_path("c"))["spec"].startswith("ivf")
+
+
+def test_index_memory_setting(tmp_path):
+    from search.config import ServerConfig
+
+    toml = tmp_path / "server.toml"
+    toml.write_text('index_memory = "512MB"\n')
+    config = ServerConfig.from_file(str(toml))
+    config.check()
+    with Store(tmp_path / "data", index_memory=config.index_memory) as st:
+        assert st.index_memory == 512 << 20
+    with pytest.raises(InvalidInput, match="index memory"):
+        ServerConfig(index_memory="lots").check()
+    from search.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--index-memory", "2GB"])
+    assert args.index_memory == "2GB"
+    args = build_parser().parse_args(["index", "x", "--collection", "c", "--index-memory", "1GB"])
+    assert args.index_memory == "1GB"
