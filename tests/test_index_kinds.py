@@ -127,14 +127,9 @@ def test_kind_add_search_delete_filter_persist_crash(kind, data, tmp_path):
         VectorIndex.load(path)
 
 
-@pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "data") as st:
-        yield st
-
-
 @pytest.mark.parametrize("kind", ["ivfsq8", pytest.param("ivfpq-16x8", marks=pytest.mark.slow), "hnswsq8"])
-def test_compressed_kinds_through_the_store(store, kind):
+def test_compressed_kinds_through_the_store(tmp_path, kind):
+    store = Store(tmp_path / "data")
     coll = store.create_collection("c", FakeBinding(dim=DIM), kind)
     x = clustered(3000, DIM, seed=31, clusters=30)
     ids = add_rows(coll, x)
@@ -155,6 +150,7 @@ def test_compressed_kinds_through_the_store(store, kind):
         assert c2.index.ntotal == 2900 and c2.index.spec.kind == index.spec.kind
         assert_index_matches_catalog(c2)
         assert other.catalog.count(c2.id) == 2900
+    store.close()
 
 
 def test_auto_chooses_by_size_and_budget():
@@ -185,8 +181,9 @@ def test_auto_follows_the_memory_budget_in_the_store(tmp_path):
         assert coll.maybe_retrain() and coll.index.spec.kind == "flat"
 
 
-def test_upsert_rechooses_in_the_background_without_blocking_search(store, monkeypatch):
+def test_upsert_rechooses_in_the_background_without_blocking_search(tmp_path, monkeypatch):
     monkeypatch.setattr(ann_spec, "AUTO_FLAT_MAX", 1000)
+    store = Store(tmp_path / "data")
     coll = store.create_collection("c", FakeBinding(dim=DIM))
     x = clustered(1500, DIM, seed=51)
     rows = [UpsertRow(uri=f"mem://{i}", sha256=f"{i:064x}", width=1, height=1, vector=v) for i, v in enumerate(x)]
@@ -216,6 +213,7 @@ def test_upsert_rechooses_in_the_background_without_blocking_search(store, monke
     assert index.spec.kind == "ivf" and index.ntotal == 1499
     assert_index_matches_catalog(coll)
     assert VectorIndex.read_header(store.index_path("c"))["spec"].startswith("ivf")
+    store.close()
 
 
 def test_index_memory_setting(tmp_path):
