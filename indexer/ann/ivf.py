@@ -111,12 +111,13 @@ class IVFPQIndex(IVFIndex):
 
     @classmethod
     def bound_training(cls, index) -> None:
-        # FAISS's OPQ defaults (50 rounds, each training a PQ) took minutes on 12k x 32-d here; a few rounds on
-        # a bounded sample keep most of the rotation's gain, and the PQ k-means gets the IVF's limits
+        # FAISS's defaults (50 OPQ rounds, polysemous training) took minutes on 12k x 32-d here; a few OPQ rounds
+        # on a bounded sample keep most of the rotation's gain, and the PQ k-means gets the IVF's limits
         opq = faiss.downcast_VectorTransform(index.chain.at(0))
         opq.niter, opq.niter_pq, opq.max_train_points = 6, 2, 20_000
-        pq = faiss.downcast_index(faiss.extract_index_ivf(index)).pq
-        pq.cp.niter, pq.cp.max_points_per_centroid = 10, 64
+        ivfpq = faiss.downcast_index(faiss.extract_index_ivf(index))
+        ivfpq.do_polysemous_training = False  # the factory's default; its annealing is for Hamming search only
+        ivfpq.pq.cp.niter, ivfpq.pq.cp.max_points_per_centroid = 10, 64
 
     def _search_params(self, k, nprobe, ef):
         inner = super()._search_params(k, nprobe, ef)
