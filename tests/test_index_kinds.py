@@ -144,6 +144,10 @@ def test_compressed_kinds_through_the_store(tmp_path, kind):
     coll.delete(ids=ids[:100])
     assert_index_matches_catalog(coll)
     coll.save_index()
+    with Store(store.data_dir) as other:  # a cold open maps the payload; searches re-rank from the catalog
+        c2 = other.collection("c")
+        assert c2.index.mapped_from is not None and c2.index.ntotal == 2900
+        assert [h.id for h in c2.search(q[0], k=10, nprobe=8, ef=EF)[0]] == [h.id for h in coll.search(q[0], k=10, nprobe=8, ef=EF)[0]]
     os.truncate(store.index_path("c"), 30)  # a crash-damaged header: rebuilt, nothing lost from the catalog
     with Store(store.data_dir) as other:
         c2 = other.collection("c")
