@@ -237,3 +237,36 @@ def test_index_memory_setting(tmp_path):
     assert args.index_memory == "2GB"
     args = build_parser().parse_args(["index", "x", "--collection", "c", "--index-memory", "1GB"])
     assert args.index_memory == "1GB"
+
+
+_OPEN_AND_SEARCH = """
+import sys, numpy as np
+from indexer.ann import VectorIndex
+def anon():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("RssAnon:"))
+before = anon()
+index, _ = VectorIndex.load(sys.argv[1], mmap=sys.argv[2] == "mmap")
+index.search(np.ones((50, index.dim), np.float32), 10)
+print(anon() - before)
+"""
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivfsq8"])
+def test_memory_mapped_open_keeps_the_codes_out_of_process_memory(kind, tmp_path):
+    """In a fresh process: opened mapped, the codes stay file pages (reclaimable, shared with the page
+    cache); read into memory, they are anonymous memory of the process."""
+    import subprocess
+    import sys
+
+    x = clustered(20_000, 256, seed=61)
+    index = VectorIndex.empty(IndexSpec.parse(kind), 256, x, n_hint=len(x))
+    index.add(np.arange(len(x), dtype=np.int64), x)
+    path = str(tmp_path / "c.faiss")
+    index.save(path, {})
+    payload_kb = os.path.getsize(tmp_path / VectorIndex.read_header(path)["payload"]) // 1024
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    grew = {mode: int(subprocess.run([sys.executable, "-c", _OPEN_AND_SEARCH, path, mode], env=env, check=True,
+                                     capture_output=True, text=True, timeout=120).stdout.split()[-1])
+            for mode in ("mmap", "read")}
+    assert grew["read"] > 0.8 * payload_kb and grew["mmap"] < 0.2 * payload_kb, (payload_kb, grew)
