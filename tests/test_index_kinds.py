@@ -127,7 +127,7 @@ def test_kind_add_search_delete_filter_persist_crash(kind, data, tmp_path):
         VectorIndex.load(path)
 
 
-@pytest.mark.parametrize("kind", ["ivfsq8", pytest.param("ivfpq-16x8", marks=pytest.mark.slow), "hnswsq8"])
+@pytest.mark.parametrize("kind", ["ivfsq8", "ivfpq-16x8", "hnswsq8"])
 def test_compressed_kinds_through_the_store(tmp_path, kind):
     store = Store(tmp_path / "data")
     coll = store.create_collection("c", FakeBinding(dim=DIM), kind)
