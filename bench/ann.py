@@ -1,6 +1,12 @@
-"""ANN benchmark: exact vs IVF vs HNSW (our indexer.vectors.VectorIndex) on 200k x 768 L2-normalised vectors.
+"""ANN benchmark: exact vs IVF vs HNSW (our indexer.ann.VectorIndex) on 200k x 768 L2-normalised vectors.
 
     python bench/ann.py [--n 200000] [--dim 768] [--queries 1000] [--no-random] [--out bench/results/ann.json]
+    python bench/ann.py --kinds flat,ivf,ivfsq8,ivfsq16,ivfpq,hnswsq8 --n 100000 --out bench/results/ann_kinds.json
+
+`--kinds`: every kind at the shipped defaults (and an nprobe / ef curve): build time, payload bytes, cold
+open (memory-mapped vs read into memory), recall@10 and single-query q/s. Compressed kinds re-rank their
+shortlist against the float vectors through `vector_source`, here an in-memory array (the store reads
+them from the catalog by primary key, which this does not time).
 
 Data: a Gaussian mixture resembling real embeddings (100 broad clusters around a shared direction, points
 about cos 0.6 from their centre, anisotropic power-law noise; queries drawn from the same mixture), and i.i.d. Gaussian vectors for reference (no structure: the worst
@@ -24,7 +30,7 @@ import harness  # noqa: E402  (import paths; save_json)
 
 ROOT = harness.REPO
 
-from indexer.vectors import IndexSpec, VectorIndex  # noqa: E402
+from indexer.ann import IndexSpec, VectorIndex  # noqa: E402
 
 K = 10
 
@@ -64,12 +70,14 @@ def gaussian(n: int, dim: int, seed: int) -> np.ndarray:
 
 def build(spec: str, x: np.ndarray, ids: np.ndarray) -> tuple[VectorIndex, float]:
     t0 = time.perf_counter()
-    s = IndexSpec.parse(spec).resolve(len(x))
+    s = IndexSpec.parse(spec).resolve(len(x), x.shape[1])
     training = None
-    if s.kind == "ivf":  # the same sample size the Store trains on
-        want = min(len(x), max(s.param * 64, 10_000))
+    if VectorIndex.kinds[s.kind].trained:  # the same sample size the Store trains on
+        want = min(len(x), max((s.param or 0) * 64, 20_000))
         training = x[np.random.default_rng(1).choice(len(x), want, replace=False)]
     index = VectorIndex.empty(s, x.shape[1], training, n_hint=len(x))
+    pos = {int(i): n for n, i in enumerate(ids)}
+    index.vector_source = lambda want: (want, x[[pos[int(i)] for i in want]])
     for start in range(0, len(x), 50_000):
         index.add(ids[start:start + 50_000], x[start:start + 50_000])
     return index, time.perf_counter() - t0
@@ -143,8 +151,43 @@ def run_dataset(name: str, x: np.ndarray, q: np.ndarray, single: int, sweep: boo
     return out
 
 
+def run_kinds(kinds: list[str], x: np.ndarray, q: np.ndarray, single: int, folder: Path) -> dict:
+    """Each kind at its defaults and along a short curve; persisted and reopened both ways."""
+    ids = np.arange(1, len(x) + 1, dtype=np.int64) * 3
+    truth = None
+    out: dict = {}
+    for kind in kinds:
+        index, secs = build(kind, x, ids)
+        if truth is None:
+            truth = build("flat", x, ids)[0].search(q, K)[1] if kind != "flat" else index.search(q, K)[1]
+        path = str(folder / f"{kind}.faiss")
+        index.save(path, {})
+        payload = folder / VectorIndex.read_header(path)["payload"]
+        opens = {}
+        for mode in ("mmap", "read"):
+            t0 = time.perf_counter()
+            VectorIndex.load(path, mmap=mode == "mmap")
+            opens[f"open_{mode}_s"] = round(time.perf_counter() - t0, 3)
+        row = {"spec": str(index.spec), "build_s": round(secs, 2), "payload_bytes": payload.stat().st_size,
+               "bytes_per_vector": round(payload.stat().st_size / len(x), 1), **opens,
+               "refine": index.refine, "defaults": measure(index, q, truth, single)}
+        if kind.startswith("ivf"):
+            row["default_nprobe"] = int(index.ivf.nprobe)
+            row["curve"] = [{"nprobe": p, **measure(index, q, truth, single, nprobe=p)} for p in (8, 16, 32, 64)]
+        elif kind.startswith("hnsw"):
+            row["default_ef"] = int(index.hnsw.efSearch)
+            row["curve"] = [{"ef": e, **measure(index, q, truth, single, ef=e)} for e in (32, 128, 256)]
+        out[kind] = row
+        print(f"{kind}: {row}", flush=True)
+        for f in (path, payload):
+            os.unlink(f)
+        del index
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--kinds", help="comma-separated kinds to run at their defaults instead of the ivf/hnsw sweep")
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--queries", type=int, default=1000)
@@ -160,6 +203,17 @@ def main() -> None:
     model = mixture_model(args.dim)
     x = mixture(model, args.n, seed=1)
     q = mixture(model, args.queries, seed=2)
+    if args.kinds:
+        import tempfile
+
+        from harness import save_json
+
+        with tempfile.TemporaryDirectory(dir=ROOT / "bench") as folder:
+            kinds = run_kinds(args.kinds.split(","), x, q, args.single, Path(folder))
+        save_json(args.out, {"command": " ".join(["python", *sys.argv]), "n": args.n, "dim": args.dim,
+                             "queries": args.queries, "k": K, "faiss": faiss.__version__, "kinds": kinds,
+                             "loadavg": [round(v, 2) for v in os.getloadavg()], "cpus": os.cpu_count()})
+        return
     sample = x[np.random.default_rng(3).choice(args.n, 2000, replace=False)]
     pair_cos = float(np.mean((sample[:1000] * sample[1000:]).sum(1)))
     result = {"n": args.n, "dim": args.dim, "queries": args.queries, "k": K,

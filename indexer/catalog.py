@@ -95,7 +95,7 @@ class Collection(Base):
     encoder_family: Mapped[str] = mapped_column(String(32))
     encoder_digest: Mapped[str] = mapped_column(String(128))
     dim: Mapped[int] = mapped_column(Integer)
-    index_spec: Mapped[str] = mapped_column(String(100), default="auto")  # see indexer/indices: IndexSpec
+    index_spec: Mapped[str] = mapped_column(String(100), default="auto")  # see indexer/ann: IndexSpec
     index_memory: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # bytes; None: the store's
     revision: Mapped[int] = mapped_column(Int64, default=0)  # bumped by every write transaction
     purged_rev: Mapped[int] = mapped_column(Int64, default=0)  # tombstones with rev <= this are gone

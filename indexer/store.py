@@ -17,11 +17,13 @@
     coll.upsert([UpsertRow(uri, sha256, width, height, vector, meta, caption)])
         # -> [(id, None) | (holder id, reason)]: replaces by uri, refuses content already held by another item
     coll.count(); coll.rebuild(spec="ivf"); coll.refresh()
+    coll.maybe_retrain(background=False)           # auto: re-choose the kind (Upsert / Delete do it in the background)
     store.close()                                  # saves index files that moved past their on-disk copy
 
 Every method takes care of keeping the index and the catalog in step: before a search the index is caught up
 to the catalog revision (one cheap query when nothing changed), so a server sees what a running indexing
-job committed. Index files live at DATA_DIR/indices/<collection>.faiss.
+job committed. Index files live at DATA_DIR/indices/<collection>.faiss (+ its .payload, indexer/ann).
+`index_memory` (bytes or "4GB") is the budget `auto` chooses a kind under, unless a collection has its own.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ import numpy as np
 
 from mmsearch.errors import Conflict, InvalidInput
 from indexer.catalog import Catalog, Collection, Item, ItemFilter, ItemRow, NewItem, as_filter, database_url
-from indexer.vectors import IndexFileError, IndexSpec, VectorIndex, normalize_rows
+from indexer.ann import (DEFAULT_INDEX_MEMORY, IndexFileError, IndexSpec, VectorIndex, normalize_rows, parse_memory,
+                         payload_files)
 
 log = logging.getLogger("mmsearch.indexer")
 
@@ -70,13 +73,15 @@ class Store:
     """An open data dir. Thread-safe; one per process is enough."""
 
     def __init__(self, data_dir: str | os.PathLike | None = None, db: str | None = None, *,
-                 shard: tuple[int, int] | None = None, media_dir: str | os.PathLike | None = None):
+                 shard: tuple[int, int] | None = None, media_dir: str | os.PathLike | None = None,
+                 index_memory: int | str | None = None):
         """`shard` = (i, n): the indices hold only the items with id % n == i (this server is shard i of n;
         the catalog, shared by all shards, holds everything). `media_dir`: where the copies of uploaded
         images and the thumbnails live (default: the data dir; servers sharing a catalog share it too)."""
         if shard is not None and not (isinstance(shard, tuple) and len(shard) == 2 and 0 <= shard[0] < shard[1]):
             raise InvalidInput(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
         self.shard = shard
+        self.index_memory = parse_memory(index_memory) or DEFAULT_INDEX_MEMORY
         self.data_dir = os.path.abspath(os.fspath(data_dir or default_data_dir()))
         os.makedirs(self.data_dir, exist_ok=True)
         self.media_dir = os.path.abspath(os.fspath(media_dir)) if media_dir else self.data_dir
@@ -87,13 +92,15 @@ class Store:
 
     @classmethod
     def open(cls, data_dir: str | os.PathLike | None = None, db: str | None = None, *,
-             shard: tuple[int, int] | None = None, media_dir: str | os.PathLike | None = None) -> "Store":
-        return cls(data_dir, db, shard=shard, media_dir=media_dir)
+             shard: tuple[int, int] | None = None, media_dir: str | os.PathLike | None = None,
+             index_memory: int | str | None = None) -> "Store":
+        return cls(data_dir, db, shard=shard, media_dir=media_dir, index_memory=index_memory)
 
     def close(self) -> None:
         """Persist indices that moved past their file, then release the database."""
         with self._lock:
             for handle in self._handles.values():
+                handle.wait_rebuild()
                 try:
                     handle.save_if_changed()
                 except Exception as exc:  # never lose the close over a cache file; it is rebuilt on open
@@ -135,21 +142,25 @@ class Store:
             return handle, (row.revision, row.purged_rev)
 
     def create_collection(self, name: str, encoder, index_spec: str | None = None, *,
-                          text_fields: Iterable[str] = ()) -> "CollectionHandle":
-        """`text_fields`: metadata fields the full-text index holds beside captions and file names."""
+                          text_fields: Iterable[str] = (), index_memory: int | str | None = None
+                          ) -> "CollectionHandle":
+        """`text_fields`: metadata fields the full-text index holds beside captions and file names;
+        `index_memory`: the collection's own budget for `auto` (None: the store's)."""
         spec = IndexSpec.parse(index_spec)
         self.catalog.create_collection(name, encoder_name=encoder.name, encoder_family=encoder.family,
                                        encoder_digest=encoder.digest, dim=int(encoder.dim), index_spec=str(spec),
-                                       text_fields=list(text_fields))
+                                       text_fields=list(text_fields), index_memory=parse_memory(index_memory))
         return self.collection(name)
 
     def open_or_create(self, name: str, encoder, index_spec: str | None = None, *,
-                       text_fields: Iterable[str] | None = None) -> "CollectionHandle":
+                       text_fields: Iterable[str] | None = None,
+                       index_memory: int | str | None = None) -> "CollectionHandle":
         """`text_fields` given for an existing collection with other fields: they change (every item's text
-        document is rewritten)."""
+        document is rewritten); so does a different `index_memory` (auto re-chooses under it)."""
         if self.catalog.find_collection(name) is None:
             try:
-                return self.create_collection(name, encoder, index_spec, text_fields=text_fields or ())
+                return self.create_collection(name, encoder, index_spec, text_fields=text_fields or (),
+                                              index_memory=index_memory)
             except Conflict:  # created concurrently by another process
                 pass
         handle = self.collection(name)
@@ -159,6 +170,8 @@ class Store:
                            f"change it with `mmsearch rebuild --collection {name} --index {index_spec}`")
         if text_fields is not None and list(text_fields) != list(handle.row.text_fields or []):
             handle.set_text_fields(text_fields)
+        if index_memory is not None and parse_memory(index_memory) != handle.row.index_memory:
+            handle.set_index_memory(index_memory)
         return handle
 
     def drop_collection(self, name: str) -> None:
@@ -166,12 +179,13 @@ class Store:
         self.catalog.drop_collection(row.id)
         with self._lock:
             self._handles.pop(name, None)
-        try:
-            os.unlink(self.index_path(name))
-        except FileNotFoundError:
-            pass
-        except OSError as exc:  # e.g. a folder in its place: not ours to remove
-            log.warning("could not remove the index file of %s (%s)", name, exc.strerror or exc)
+        for path in [self.index_path(name), *payload_files(self.index_path(name))]:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # e.g. a folder in its place: not ours to remove
+                log.warning("could not remove the index file of %s (%s)", name, exc.strerror or exc)
 
     def encoder_for(self, coll: "CollectionHandle | str", device: str = "cpu"):
         """The encoder a collection is bound to, loaded from its recorded name; Conflict if the weights found
@@ -196,6 +210,7 @@ class CollectionHandle:
         self._index: VectorIndex | None = None
         self._saved_watermark = -1
         self._lock = threading.RLock()
+        self._rebuilding: threading.Thread | None = None  # a background re-choice of the index kind
 
     @property
     def name(self) -> str:
@@ -227,6 +242,16 @@ class CollectionHandle:
         stored = self.catalog.set_text_fields(self.id, list(fields))
         self.row = self.catalog.get_collection(self.name)
         return stored
+
+    @property
+    def index_memory(self) -> int:
+        """The memory budget `auto` chooses under: the collection's own, else the store's."""
+        return self.row.index_memory or self.store.index_memory
+
+    def set_index_memory(self, memory: int | str | None) -> None:
+        """Store a budget of the collection's own (None: follow the server's); `auto` re-chooses."""
+        self.catalog.set_index_spec(self.id, self.row.index_spec, parse_memory(memory), keep_memory=False)
+        self.row = self.catalog.get_collection(self.name)
 
     # ---- reads -------------------------------------------------------------------------------------------------
 
@@ -263,6 +288,7 @@ class CollectionHandle:
         with self.catalog.write(self.id) as (s, rev):
             outcome, ids, vecs = self.write_rows(s, rev, rows, replace_uri=True)
         self.apply_commit(rev, ids, vecs)
+        self._rechoose()
         return [(i, None if what != "duplicate" else f"the same image is already item {i} of collection {self.name!r}")
                 for i, what in outcome]
 
@@ -329,6 +355,7 @@ class CollectionHandle:
         removed = self.catalog.delete_where(self.id, cond, ids=None if ids is None else list(ids))
         if removed:
             self.refresh()  # the file catches up from the tombstones when next opened; saved on close
+            self._rechoose()
         return len(removed)
 
     # ---- the index ---------------------------------------------------------------------------------------------
@@ -363,6 +390,7 @@ class CollectionHandle:
             return self._build(rev, save=True)
         try:
             index, meta = VectorIndex.load(path)
+            self._attach(index)
         except IndexFileError as exc:
             log.warning("index %s unusable (%s); rebuilding from the catalog", path, exc)
             return self._build(rev, save=True)
@@ -391,7 +419,14 @@ class CollectionHandle:
         want = IndexSpec.parse(self.row.index_spec)
         if want.kind == "auto":
             return True  # retuned by maybe_retrain
-        return want.kind == spec.kind and (want.param is None or want.param == spec.param)
+        return (want.kind == spec.kind and (want.param is None or want.param == spec.param)
+                and (want.m is None or want.m == spec.m))
+
+    def _attach(self, index: VectorIndex) -> VectorIndex:
+        """Compressed kinds re-rank from the exact vectors in the catalog (item_vectors, by primary key)."""
+        dim, catalog = self.dim, self.catalog
+        index.vector_source = lambda ids: catalog.vectors_by_id(ids, dim)
+        return index
 
     def _mine(self, ids: np.ndarray) -> np.ndarray:
         """Which of `ids` this store's indices hold (all, unless it is one shard of several)."""
@@ -430,15 +465,16 @@ class CollectionHandle:
         """A fresh index from the live catalog rows, covering revision `rev` (read before the scan)."""
         t0 = time.perf_counter()
         n = self.catalog.count(self.id)
-        spec = (spec or IndexSpec.parse(self.row.index_spec)).resolve(n)
+        spec = (spec or IndexSpec.parse(self.row.index_spec)).resolve(n, self.dim, self.index_memory)
         training = None
-        if spec.kind == "ivf":
+        if VectorIndex.kinds[spec.kind].trained:
             if n == 0:
                 spec = IndexSpec("flat")  # nothing to train on yet; retrained once items arrive
             else:
-                training = self._training_sample(n, max(spec.param * 64, 10_000))
-                spec = IndexSpec("ivf", min(spec.param, len(training)))
-        index = VectorIndex.empty(spec, self.dim, training, n_hint=n)
+                training = self._training_sample(n, max((spec.param or 0) * 64, 20_000))
+                if spec.kind.startswith("ivf"):
+                    spec = IndexSpec(spec.kind, min(spec.param, len(training)), spec.m)
+        index = self._attach(VectorIndex.empty(spec, self.dim, training, n_hint=n))
         for ids, _dead, vecs, _dim in self.catalog.all_live(self.id):
             mine = self._mine(ids)
             index.add(ids[mine], vecs[mine])
@@ -468,22 +504,71 @@ class CollectionHandle:
             self.catalog.purge_deleted(self.id, rev)
             return self._index
 
-    def maybe_retrain(self) -> bool:
-        """Under an automatic spec, rebuild when the collection outgrew its index (flat -> ivf, or an ivf
-        quantizer trained on far fewer items). Returns whether it rebuilt."""
+    def maybe_retrain(self, *, background: bool = False) -> bool:
+        """Re-choose the index: under `auto`, when the size / budget calls for another kind (with a 25% band
+        so a collection at a threshold does not flip back and forth); under an ivf* spec, when it was built
+        flat (empty) or its quantizer was trained on 4x fewer items. The new index is built from the catalog
+        without holding the handle's lock, so searches and writes go on against the old one; the writes made
+        meanwhile are applied to the new one from the catalog before it is swapped in. Returns whether a
+        rebuild was needed (with `background`, it runs on a thread: see `wait_rebuild`)."""
+        with self._lock:
+            if self._rebuilding is not None and self._rebuilding.is_alive():
+                return True
+            target = self._rechoice(self.refresh())
+            if target is None:
+                return False
+            if background:
+                self._rebuilding = threading.Thread(target=self._rebuild_and_swap, args=(target,), daemon=True,
+                                                    name=f"mmsearch-rebuild-{self.name}")
+                self._rebuilding.start()
+                return True
+        self._rebuild_and_swap(target)
+        return True
+
+    def wait_rebuild(self, timeout: float | None = None) -> None:
+        thread = self._rebuilding
+        if thread is not None:
+            thread.join(timeout)
+
+    def _rechoice(self, index: VectorIndex) -> IndexSpec | None:
+        """The spec to rebuild with, or None when the index fits the collection."""
         want = IndexSpec.parse(self.row.index_spec)
-        index = self.refresh()
-        n = index.ntotal
+        n, have = index.ntotal, index.spec
+        outgrown = have.kind.startswith("ivf") and n > 4 * max(index.trained_n, 1)
         if want.kind == "auto":
-            target = want.resolve(n)
-            stale = target.kind != index.spec.kind or (target.kind == "ivf" and n > 4 * max(index.trained_n, 1))
-        elif want.kind == "ivf":
-            stale = index.spec.kind != "ivf" or (want.param is None and n > 4 * max(index.trained_n, 1))
-        else:
-            stale = False
-        if stale:
-            self.rebuild()
-        return stale
+            memory = self.index_memory
+            target = want.resolve(n, self.dim, memory)
+            if target.kind != have.kind:
+                near = {want.resolve(int(n * f), self.dim, memory).kind for f in (0.8, 1.25)}
+                return None if have.kind in near else want
+            return want if outgrown else None
+        if want.kind.startswith("ivf") and (have.kind != want.kind or want.param is None and outgrown):
+            return want
+        return None
+
+    def _rechoose(self) -> None:
+        """After a write: re-choose the kind in the background; a failure there never fails the write."""
+        try:
+            self.maybe_retrain(background=True)
+        except Exception as exc:
+            log.warning("could not re-choose the index of %s: %s", self.name, exc)
+
+    def _rebuild_and_swap(self, spec: IndexSpec) -> None:
+        try:
+            rev, _purged = self.catalog.revision(self.id)
+            fresh = self._build(rev, spec)  # the slow part, outside the lock
+            with self._lock:
+                rev, purged = self.catalog.revision(self.id)
+                if fresh.watermark < purged:  # tombstones it needs were purged meanwhile: build again, locked
+                    fresh = self._build(rev, spec)
+                else:
+                    self._catch_up(fresh, rev)
+                self._index = fresh
+            self._save(fresh)  # outside the lock: searches go on while the payload is written
+        except Exception as exc:  # the old index keeps serving; the next write tries again
+            log.warning("rebuilding the index of %s as %s failed: %s", self.name, spec, exc)
+            if threading.current_thread() is not self._rebuilding:
+                raise
 
     def save_if_changed(self) -> None:
         with self._lock:
@@ -511,15 +596,20 @@ class CollectionHandle:
 
 
 def _remove_stale_temp_files(path: str, age_s: float = 3600.0) -> None:
-    """Temp files left by a save that was killed midway (a live save finishes in well under an hour)."""
+    """Temp files and payloads no header names, left by a save that was killed midway (a live save
+    finishes in well under an hour)."""
     folder, base = os.path.split(path)
     try:
         names = os.listdir(folder)
-    except OSError:
-        return
+        named = str(VectorIndex.read_header(path).get("payload"))
+    except (OSError, IndexFileError):
+        named = None
+        if not os.path.isdir(folder):
+            return
+        names = os.listdir(folder)
     now = time.time()
     for name in names:
-        if name.startswith(base + ".") and name.endswith(".tmp"):
+        if name.startswith(base + ".") and (name.endswith(".tmp") or name.endswith(".payload") and name != named):
             full = os.path.join(folder, name)
             try:
                 if now - os.path.getmtime(full) > age_s:

@@ -16,6 +16,8 @@ from mmsearch.errors import InvalidInput, MMSearchError
 
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 EXACT_DECODE_HELP = "decode JPEGs in full (transformers' pixels exactly) instead of the faster draft mode"
+INDEX_MEMORY_HELP = ("memory budget for an index (e.g. 4GB, 512MB): `auto` picks flat, ivf, ivfsq8 or ivfpq "
+                     "to fit it (default 4GiB)")
 
 
 def default_data_dir() -> str:
@@ -53,7 +55,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def _open_store(args: argparse.Namespace):
     from indexer.store import Store
 
-    return Store(args.data_dir, db=args.db)
+    return Store(args.data_dir, db=args.db, index_memory=getattr(args, "index_memory", None))
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -81,6 +83,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         text_fields = None if args.text_fields is None else [f for f in args.text_fields.split(",") if f.strip()]
         result = index_paths(store, args.collection, enc, args.paths, options, captioner=captioner,
                              index_spec=args.index, engine=engine, text_fields=text_fields)
+        if args.index_memory:  # the collection keeps its budget: a server re-chooses under it too
+            store.collection(args.collection).set_index_memory(args.index_memory)
     print(f"job {result.job_id}: {result.added} added, {result.updated} updated, {result.skipped} skipped, "
           f"{result.failed} errors in {result.elapsed_s:.1f}s ({result.rate:.1f} images/s)"
           + (f"; see `mmsearch jobs --job {result.job_id}`" if result.failed else ""))
@@ -125,6 +129,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             raise InvalidInput(f"import: collection {args.collection!r} is new: give --model (the encoder the "
                                "vectors were made with; text queries use it)")
         result = import_embeddings(store, args.collection, enc, args.paths, options, index_spec=args.index)
+        if args.index_memory:  # the collection keeps its budget: a server re-chooses under it too
+            store.collection(args.collection).set_index_memory(args.index_memory)
     print(f"job {result.job_id}: {result.added} added, {result.updated} updated, {result.skipped} skipped, "
           f"{result.failed} errors in {result.elapsed_s:.1f}s ({result.rate:,.0f} rows/s), then the index in {result.index_s:.1f}s"
           + (f"; see `mmsearch jobs --job {result.job_id}`" if result.failed else ""))
@@ -230,6 +236,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      default_deadline_s=args.default_deadline, health_grace_s=args.health_grace,
                      allow_models=args.allow_model or None, preload=args.preload or None,
                      image_roots=args.image_root or None, shard=args.shard, media_dir=args.media_dir,
+                     index_memory=args.index_memory,
                      shards=[a for a in (args.shards or "").split(",") if a] or None)
     if args.config:
         config = ServerConfig.from_file(args.config, **overrides)
@@ -409,7 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit-every", type=int, default=256, help="items per catalog transaction")
     p.add_argument("--update", action="store_true", help="re-embed known files whose content changed")
     p.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images (0: no limit)")
-    p.add_argument("--index", metavar="SPEC", help="index kind for a new collection: auto|flat|ivf[N]|hnsw[M]")
+    p.add_argument("--index", metavar="SPEC", help="index kind for a new collection: auto|flat|ivf[N]|ivfsq8|"
+                   "ivfsq16|ivfpq|hnsw[M]|hnswsq8 (see README, Index kinds)")
+    p.add_argument("--index-memory", metavar="SIZE", help=INDEX_MEMORY_HELP + "; kept by the collection")
     p.add_argument("--text-fields", metavar="F1,F2", default=None,
                    help="metadata fields the keyword index holds beside captions and file names (e.g. title,tags); "
                    "given for an existing collection, they replace its fields and its text index is rewritten")
@@ -442,14 +451,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vector-column", metavar="NAME", help="parquet: the vector column, when there are several")
     p.add_argument("--manifest", metavar="FILE", help=".npy: its JSONL / CSV manifest (default: FILE.jsonl, "
                    ".ndjson or .csv beside it)")
-    p.add_argument("--index", metavar="SPEC", help="index kind for a new collection: auto|flat|ivf[N]|hnsw[M]")
+    p.add_argument("--index", metavar="SPEC", help="index kind for a new collection: auto|flat|ivf[N]|ivfsq8|"
+                   "ivfsq16|ivfpq|hnsw[M]|hnswsq8 (see README, Index kinds)")
+    p.add_argument("--index-memory", metavar="SIZE", help=INDEX_MEMORY_HELP + "; kept by the collection")
     p.add_argument("--no-progress", action="store_true")
     data_args(p)
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("rebuild", help="rebuild a collection's FAISS index from the catalog")
     p.add_argument("--collection", required=True)
-    p.add_argument("--index", metavar="SPEC", help="switch index kind: auto|flat|ivf[N]|hnsw[M]")
+    p.add_argument("--index", metavar="SPEC", help="switch index kind: auto|flat|ivf[N]|ivfsq8|ivfsq16|ivfpq|"
+                   "hnsw[M]|hnswsq8")
     data_args(p)
     p.set_defaults(func=cmd_rebuild)
 
@@ -504,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder whose files the server may read (Upsert by path, rerank/captions); repeatable")
     p.add_argument("--media-dir", metavar="DIR", help="copies of uploads and thumbnails (default: the data dir); "
                    "replicas and shards of one catalog share one")
+    p.add_argument("--index-memory", metavar="SIZE", help=INDEX_MEMORY_HELP + " (TOML index_memory)")
     p.add_argument("--shard", metavar="I/N", help="serve shard I of N: the indices hold items with id %% N == I")
     p.add_argument("--shards", metavar="ADDR,ADDR,...",
                    help="gRPC addresses of all N shards in order; a Search sent here fans out over them")

@@ -65,6 +65,7 @@ class ServerConfig:
     # Shards: this server's share "I/N" (its indices hold the items with id % N == I), and the gRPC
     # addresses of all N shards in shard order; a Search sent to any of them fans out over all.
     shard: str | None = None
+    index_memory: str | int | None = None  # budget `auto` chooses the index kind under ("4GB"); None: 4 GiB
     shards: list[str] = field(default_factory=list)
 
     @classmethod
@@ -131,6 +132,9 @@ class ServerConfig:
         if shard is not None and self.shards:
             need(len(self.shards) == shard[1], f"shard {self.shard}: shards lists {len(self.shards)} addresses, "
                                                f"not {shard[1]}")
+        from indexer.ann import parse_memory
+
+        parse_memory(self.index_memory)
         for root in self.image_roots:
             need(os.path.isdir(root), f"image_roots: {root} is not a folder")
 

@@ -111,7 +111,7 @@ def start(config: ServerConfig, *, store=None, models: Models | None = None) -> 
     from search.shards import parse_shard
 
     store = store or Store.open(config.data_dir, config.db, shard=parse_shard(config.shard),
-                                media_dir=config.media_dir)
+                                media_dir=config.media_dir, index_memory=config.index_memory)
     models = models or build_models(config, on_batch=metrics.observe_batch)
     for name in config.preload:
         models.dual(name, trusted=True, pin=True)

@@ -57,4 +57,7 @@ def assert_index_matches_catalog(handle) -> None:
         stored = handle.get(live[:50])
         got = index.index.reconstruct_batch(live[:50])
         for row_id, vec in zip(live[:50], got):
-            np.testing.assert_array_equal(vec, stored[int(row_id)].vector_array())
+            if index.compressed:  # codes, not floats: the decoded vector is near the stored one
+                assert float(vec @ stored[int(row_id)].vector_array()) > 0.9
+            else:
+                np.testing.assert_array_equal(vec, stored[int(row_id)].vector_array())

@@ -18,7 +18,7 @@ import encoders
 from encoders.preprocess import load_image
 from images import random_image
 from indexer.store import Store
-from indexer.vectors import VectorIndex
+from indexer.ann import VectorIndex
 from indexer_helpers import assert_index_matches_catalog
 
 N_IMAGES = 48

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from mmsearch.errors import Conflict, InvalidInput
-from indexer import vectors
+from indexer.ann import base as ann_base, spec as ann_spec
 from indexer.store import Store
-from indexer.vectors import IndexFileError, IndexSpec, VectorIndex
+from indexer.ann import IndexFileError, IndexSpec, VectorIndex
 from indexer_helpers import FakeBinding, add_rows, assert_index_matches_catalog, brute_force, clustered
 
 DIM = 16
@@ -18,7 +18,7 @@ DIM = 16
 
 def build(kind: str, x: np.ndarray, ids: np.ndarray) -> VectorIndex:
     spec = IndexSpec.parse(kind)
-    index = VectorIndex.empty(spec, x.shape[1], x if spec.kind == "ivf" else None, n_hint=len(x))
+    index = VectorIndex.empty(spec, x.shape[1], x if VectorIndex.kinds[spec.resolve(len(x)).kind].trained else None, n_hint=len(x))
     index.add(ids, x)
     return index
 
@@ -83,12 +83,12 @@ def test_filtered_search_is_exact_and_full(kind):
     assert sorted(i[0, :3].tolist()) == allowed[:3].tolist() and (i[0, 3:] == -1).all()
     # a large allowed set goes through the id selector and still returns only allowed ids
     big = ids[ids % 2 == 0]
-    old = vectors.EXACT_FILTER_MAX
-    vectors.EXACT_FILTER_MAX = 100
+    old = ann_base.EXACT_FILTER_MAX
+    ann_base.EXACT_FILTER_MAX = 100
     try:
         _, i = index.search(q, 10, allowed=big, nprobe=index.index.nlist if kind == "ivf" else None, ef=128)
     finally:
-        vectors.EXACT_FILTER_MAX = old
+        ann_base.EXACT_FILTER_MAX = old
     assert (i % 2 == 0).all() and (i > 0).all()
 
 
@@ -118,13 +118,22 @@ def test_save_load_roundtrip_and_corruption(tmp_path, kind):
     np.testing.assert_array_equal(loaded.ids(), index.ids())
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
-    data = bytearray(open(path, "rb").read())
+    payload = tmp_path / meta["payload"]  # the FAISS payload lives beside the header, named by it
+    assert [p.name for p in tmp_path.glob("*.payload")] == [payload.name]
+    data = bytearray(payload.read_bytes())
     data[-20] ^= 0xFF
-    open(path, "wb").write(bytes(data))
+    payload.write_bytes(bytes(data))
     with pytest.raises(IndexFileError, match="checksum"):
         VectorIndex.load(path)
-    open(path, "wb").write(bytes(data[: len(data) // 2]))
+    payload.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(IndexFileError, match="truncated"):
+        VectorIndex.load(path)
+    payload.unlink()
+    with pytest.raises(IndexFileError, match="no such file"):
+        VectorIndex.load(path)
+    head = open(path, "rb").read()
+    open(path, "wb").write(head[: len(head) // 2])
+    with pytest.raises(IndexFileError, match="truncated|not JSON"):
         VectorIndex.load(path)
     open(path, "wb").write(b"not an index at all")
     with pytest.raises(IndexFileError, match="not an mmsearch index"):
@@ -301,7 +310,7 @@ def test_rebuild_with_spec_and_auto_growth(store, spec, monkeypatch):
         assert other.collection("c").index.spec == index.spec
     if spec == "flat":
         coll.rebuild("auto")
-        monkeypatch.setattr(vectors, "AUTO_FLAT_MAX", 300)
+        monkeypatch.setattr(ann_spec, "AUTO_FLAT_MAX", 300)
         assert coll.maybe_retrain() and coll.index.spec.kind == "ivf"
         assert_index_matches_catalog(coll)
 
