@@ -50,7 +50,7 @@ def read_remote(uri: str, *, max_bytes: int, timeout_s: float) -> bytes:
         if "Protocol not known" in str(exc):
             raise InvalidInput(f"{uri}: no fsspec file system reads {protocol}:// uris") from None
         raise InvalidInput(f"{uri}: cannot read ({exc})") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (each backend raises its own kinds; _read_error sorts them)
         raise _read_error(uri, exc, timeout_s) from None
     if len(data) > max_bytes:
         raise TooLarge(f"{uri}: larger than the {mib(max_bytes)} limit")

@@ -5,23 +5,21 @@ a refused connection and a silent server are one-line errors; a server's Upsert 
 
 from __future__ import annotations
 
-import functools
 import json
 import socket
-import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from http_files import Served
+from images import random_image
+from parts import unavailable
 
 import encoders
-from images import random_image
 from indexer.catalog import Item
 from indexer.ingest import Ingest, SourceItem
 from indexer.store import Store
 from mmsearch.errors import InvalidInput, NotFound, TooLarge, Unavailable
-from parts import unavailable
 from search import cli
 from search.config import ServerConfig
 from search.models import Models
@@ -37,32 +35,6 @@ def fsspec_http():
         import fsspec  # noqa: F401
     except ImportError as exc:
         unavailable("remote", f'fsspec / aiohttp not installed (pip install -e ".[remote]"): {exc}')
-
-
-class Served:
-    """A folder served over http on 127.0.0.1, with the paths it was asked for."""
-
-    def __init__(self, folder):
-        self.folder, self.requests = folder, []
-        served = self
-
-        class Handler(SimpleHTTPRequestHandler):
-            def do_GET(self):
-                served.requests.append(self.path)
-                super().do_GET()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(10)
 
 
 @pytest.fixture
