@@ -13,8 +13,10 @@ whichever way it arrived: the same metadata checks, the same sha256 over the sam
 (`sha256:<hex>` for bytes without one), the same original size (after EXIF rotation), the same thumbnail.
 
 A server reads files only under its image roots (`roots`, through indexer/files.py: no links followed, no
-FIFOs); the operator's job (`roots=None`) reads any path it was given. A server decodes under its pixel
-budget (search/limits.py) and hands each image to `finish`; a job calls the whole thing, `ingest(item)`.
+FIFOs) and never fetches a remote uri; the operator's job (`roots=None`) reads any path it was given, and
+http(s):// / s3:// / other fsspec uris through indexer/remote.py (the remote uri is what is stored). A
+server decodes under its pixel budget (search/limits.py) and hands each image to `finish`; a job calls the
+whole thing, `ingest(item)`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from indexer.remote import remote_protocol
 from mmsearch.errors import InvalidInput, TooLarge
 
 MAX_META_KEY = 128
@@ -108,6 +111,7 @@ class Ingest:
     thumbnails: bool = True
     keep_image: bool = False
     caption_size: bool = False
+    remote_timeout_s: float = 60.0  # per request, for an http(s):// / s3:// ... uri (indexer/remote.py)
 
     def __call__(self, item: SourceItem) -> Record:
         """Read, hash, check, decode and preprocess one item; MMSearchError (or OSError) saying why not."""
@@ -136,11 +140,23 @@ class Ingest:
             if not path:
                 raise InvalidInput("item needs image bytes or a uri")
             path = path[len("file://"):] if path.startswith("file://") else path
-            data = self._read_file(path)
-            uri = uri if item.path else os.path.normpath(path)  # a server path given as uri is stored normalised
+            if remote_protocol(path):
+                data = self._read_remote(path)
+                uri = uri or path  # the remote uri itself is stored
+            else:
+                data = self._read_file(path)
+                uri = uri if item.path else os.path.normpath(path)  # a server path given as uri is stored normalised
         sha = hashlib.sha256(data).hexdigest()
         return Read(uri=uri or f"sha256:{sha}", sha256=sha, data=data, meta=item.meta, caption=item.caption or None,
                     uploaded=item.data is not None)
+
+    def _read_remote(self, uri: str) -> bytes:
+        from indexer.remote import read_remote
+
+        if self.roots is not None:  # a server: fetching what a client names would be SSRF
+            raise InvalidInput(f"{uri}: this server does not fetch remote uris (only `mmsearch index` jobs "
+                               "read them); send the image bytes instead")
+        return read_remote(uri, max_bytes=self.max_bytes, timeout_s=self.remote_timeout_s)
 
     def _read_file(self, path: str) -> bytes:
         from indexer.files import read_file

@@ -69,6 +69,8 @@ class JobOptions:
             raise InvalidInput(f"commit-every must be 1..1000000, got {self.commit_every}")
         if self.max_pixels is not None and self.max_pixels < 1:
             raise InvalidInput("max pixels must be positive")
+        if self.max_bytes < 1:
+            raise InvalidInput("max bytes must be positive")
 
 
 @dataclass

@@ -12,7 +12,8 @@ decode processes do) and the encoding in a pool of actors that each load the enc
 asked). A killed driver, actor or node loses at most what was not committed: rerunning the same command
 skips what is in the catalog, and content already there is never written twice (the commit re-checks).
 
-Inputs must be readable at the same path on every node (a shared file system), as must the checkpoint.
+Inputs must be readable at the same path on every node (a shared file system), as must the checkpoint, or
+be http(s):// / s3:// uris, which the decode tasks read through fsspec (indexer/remote.py) on any node.
 Since only the driver writes, the catalog need not be reachable from the workers; still a job over several
 machines is refused on SQLite (a file on one of them) and wants PostgreSQL by URL, which the servers of
 the cluster's collections share.

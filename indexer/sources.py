@@ -13,7 +13,8 @@ error recorded.
 
 Manifests: `.csv` (header row) or `.jsonl` / `.ndjson` (one JSON object per line). The `uri` column (also
 accepted: `path`, `file`, `filename`, `image`) names the image; relative paths are resolved against the
-manifest's folder; `file://` is accepted. Every other column becomes item metadata; CSV cells that look
+manifest's folder; `file://` is accepted; an http(s)://, s3:// or other fsspec uri (in a manifest or as a
+path argument) names one remote image, read by the job (indexer/remote.py) and stored under that uri. Every other column becomes item metadata; CSV cells that look
 like numbers are stored as numbers and empty cells are left out.
 """
 
@@ -27,6 +28,7 @@ import stat
 from collections.abc import Iterable, Iterator
 
 from indexer.ingest import SourceItem, check_meta
+from indexer.remote import remote_protocol
 from mmsearch.errors import InvalidInput
 
 IMAGE_EXTENSIONS = frozenset(
@@ -61,6 +63,9 @@ def check_paths(paths: Iterable[str]) -> list[str]:
     for p in paths:
         if not isinstance(p, str) or not p:
             raise InvalidInput("index: empty path")
+        if remote_protocol(p):  # one remote image, read by the job like a manifest's remote rows
+            out.append(p)
+            continue
         if not os.path.lexists(p):
             raise InvalidInput(f"index: {p}: no such file or folder")
         if os.path.isfile(p) and manifest_kind(p):
@@ -78,7 +83,9 @@ def manifest_kind(path: str) -> str | None:
 def iter_paths(paths: Iterable[str]) -> Iterator[SourceItem]:
     """Items from folders, single files and manifests, in the order given."""
     for p in paths:
-        if os.path.isdir(p):
+        if remote_protocol(p):
+            yield SourceItem(uri=p, path=p)
+        elif os.path.isdir(p):
             yield from iter_folder(p)
         elif os.path.isfile(p) and manifest_kind(p):
             yield from iter_manifest(p)
@@ -204,12 +211,13 @@ def _manifest_item(where: str, base: str, uri, meta: dict) -> SourceItem:
     uri = uri.strip()
     if uri.startswith("file://"):
         uri = uri[len("file://"):]
-    elif re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", uri):
-        return SourceItem(uri=uri, error="only local files are indexed (remote URIs are not fetched)")
-    full = os.path.normpath(os.path.join(base, os.path.expanduser(uri)))
+    remote = remote_protocol(uri) is not None
+    full = uri if remote else os.path.normpath(os.path.join(base, os.path.expanduser(uri)))
     problem = check_meta(meta)
     if problem:
         return SourceItem(uri=full, error=f"{where}: {problem}")
+    if remote:  # read (through fsspec) by whichever worker decodes it, not while listing
+        return SourceItem(uri=full, path=full, meta=meta)
     item = _file_item(full, explicit=True)
     item.meta = meta
     return item

@@ -67,6 +67,8 @@ def cmd_index(args: argparse.Namespace) -> int:
                          progress=not args.no_progress and sys.stderr.isatty())
     if args.workers is None:
         options.workers = JobOptions().workers
+    if args.max_bytes is not None:
+        options.max_bytes = args.max_bytes
     options.check()
     engine = _ray_options(args)
     with _open_store(args) as store:
@@ -407,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "the data dir)")
 
     p = sub.add_parser("index", help="index folders, image files and CSV/JSONL manifests into a collection")
-    p.add_argument("paths", nargs="+", metavar="PATH_OR_MANIFEST")
+    p.add_argument("paths", nargs="+", metavar="PATH_OR_MANIFEST",
+                   help="folders, image files, CSV/JSONL manifests; http(s):// / s3:// uris are read through fsspec "
+                   '(pip install -e ".[remote]" / ".[s3]")')
     p.add_argument("--collection", required=True)
     p.add_argument("--model", help="encoder checkpoint (needed when the collection is new)")
     p.add_argument("--caption", metavar="MODEL", help="also store a caption per item from this captioner")
@@ -416,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit-every", type=int, default=256, help="items per catalog transaction")
     p.add_argument("--update", action="store_true", help="re-embed known files whose content changed")
     p.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images (0: no limit)")
+    p.add_argument("--max-bytes", type=int, default=None, metavar="N",
+                   help="refuse larger files, local or remote (default 256 MiB)")
     p.add_argument("--index", metavar="SPEC", help="index kind for a new collection: auto|flat|ivf[N]|ivfsq8|"
                    "ivfsq16|ivfpq|hnsw[M]|hnswsq8 (see README, Index kinds)")
     p.add_argument("--index-memory", metavar="SIZE", help=INDEX_MEMORY_HELP + "; kept by the collection")

@@ -109,7 +109,7 @@ def test_manifests_csv_and_jsonl(store, enc, tmp_path):
     for i, p in enumerate(paths[:3]):
         rows.append(f"{os.path.relpath(p, tmp_path)},cat{i},{i}.5,007,")
     rows.append("imgs/missing.png,x,1,1,")
-    rows.append("https://example.com/a.jpg,x,1,1,")
+    rows.append("nosuchproto://example.com/a.jpg,x,1,1,")  # remote uris are read through fsspec (test_remote.py)
     csv_path.write_text("\n".join(rows) + "\n")
     jsonl = tmp_path / "list.jsonl"
     lines = [json.dumps({"path": str(p), "tags": ["a", "b"], "n": i, "ok": True}) for i, p in enumerate(paths[3:])]
@@ -123,7 +123,7 @@ def test_manifests_csv_and_jsonl(store, enc, tmp_path):
     assert metas[str(paths[4])] == {"tags": ["a", "b"], "n": 1, "ok": True}
     reasons = sorted(e.reason for e in store.catalog.job_errors(r.job_id))
     assert reasons[0].startswith("manifest line is not JSON")
-    assert any("no such file" in x for x in reasons) and any("remote URIs" in x for x in reasons)
+    assert any("no such file" in x for x in reasons) and any("nosuchproto:// uris" in x for x in reasons)
     bad = tmp_path / "bad.csv"
     bad.write_text("name,label\na.jpg,x\n")
     with pytest.raises(InvalidInput, match="no uri column"):

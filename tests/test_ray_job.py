@@ -24,6 +24,7 @@ from images import random_image
 from indexer.catalog import Item
 from indexer.jobs import JobOptions, index_paths
 from indexer.store import Store
+from http_files import Served
 from indexer_helpers import assert_index_matches_catalog
 from parts import unavailable
 from postgres import pg_url, postgres_server  # noqa: F401  (fixtures)
@@ -145,6 +146,37 @@ def test_ray_job_equals_the_local_job(ray_cluster, tiny_siglip_dir, pg_url, tmp_
                             capture_output=True, text=True, timeout=120)
     [row] = json.loads(listed.stdout)
     assert (row["state"], row["engine"], row["added"], row["failed"]) == ("done", "ray", 24, 2)
+
+
+def test_ray_job_reads_http_uris_like_the_local_job(ray_cluster, tiny_siglip_dir, pg_url, tmp_path):  # noqa: F811
+    """A manifest of http:// uris (tests/http_files.py) is read by the cluster's decode tasks: the same items
+    as indexing the files from disk, under the remote uris, a 404 recorded."""
+    cluster, env = ray_cluster
+    make_inputs(tmp_path / "www", 6)
+    served = Served(tmp_path / "www")
+    try:
+        names = sorted(p.name for p in (tmp_path / "www").glob("img*"))
+        manifest = tmp_path / "remote.jsonl"
+        manifest.write_text("".join(json.dumps({"uri": f"{served.url}/{n}"}) + "\n" for n in names + ["gone.png"]))
+        rc, out, err = ray_index(cluster, env, manifest, tiny_siglip_dir, tmp_path / "ray", pg_url, "--batch-size", "4")
+    finally:
+        served.close()
+    assert rc == 0, err
+    assert "6 added, 0 updated, 0 skipped, 1 errors" in out
+    with Store(tmp_path / "local") as local:
+        index_paths(local, "c", encoders.load(tiny_siglip_dir), [str(tmp_path / "www" / n) for n in names],
+                    JobOptions(workers=0))
+        expected = {os.path.basename(u): row for u, row in live_rows(local).items()}
+    with Store(tmp_path / "ray", db=pg_url) as store:
+        got = live_rows(store)
+        assert set(got) == {f"{served.url}/{n}" for n in names}
+        for uri, row in got.items():
+            want = expected[uri.rsplit("/", 1)[1]]
+            assert (row.sha256, row.width, row.height) == (want.sha256, want.width, want.height)
+            assert float(np.abs(row.vector_array() - want.vector_array()).max()) <= 1e-5
+        [job] = store.catalog.list_jobs(store.collection("c").id)
+        assert [(e.uri, e.reason) for e in store.catalog.job_errors(job.id)] == [
+            (f"{served.url}/gone.png", "not found (HTTP 404)")]
 
 
 def test_sqlite_is_refused_for_a_cluster_and_a_missing_token_is_explained(ray_cluster, tiny_siglip_dir, tmp_path):
