@@ -85,12 +85,20 @@ def cmd_index(args: argparse.Namespace) -> int:
         text_fields = None if args.text_fields is None else [f for f in args.text_fields.split(",") if f.strip()]
         result = index_paths(store, args.collection, enc, args.paths, options, captioner=captioner,
                              index_spec=args.index, engine=engine, text_fields=text_fields)
-        if args.index_memory:  # the collection keeps its budget: a server re-chooses under it too
-            store.collection(args.collection).set_index_memory(args.index_memory)
-    print(f"job {result.job_id}: {result.added} added, {result.updated} updated, {result.skipped} skipped, "
-          f"{result.failed} errors in {result.elapsed_s:.1f}s ({result.rate:.1f} images/s)"
-          + (f"; see `mmsearch jobs --job {result.job_id}`" if result.failed else ""))
+        _keep_index_memory(store, args)
+    _print_job(result, f"{result.rate:.1f} images/s")
     return 0
+
+
+def _keep_index_memory(store, args: argparse.Namespace) -> None:
+    if args.index_memory:  # the collection keeps its budget: a server re-chooses under it too
+        store.collection(args.collection).set_index_memory(args.index_memory)
+
+
+def _print_job(result, rate: str) -> None:
+    print(f"job {result.job_id}: {result.added} added, {result.updated} updated, {result.skipped} skipped, "
+          f"{result.failed} errors in {result.elapsed_s:.1f}s ({rate})"
+          + (f"; see `mmsearch jobs --job {result.job_id}`" if result.failed else ""))
 
 
 def _ray_options(args: argparse.Namespace):
@@ -131,11 +139,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             raise InvalidInput(f"import: collection {args.collection!r} is new: give --model (the encoder the "
                                "vectors were made with; text queries use it)")
         result = import_embeddings(store, args.collection, enc, args.paths, options, index_spec=args.index)
-        if args.index_memory:  # the collection keeps its budget: a server re-chooses under it too
-            store.collection(args.collection).set_index_memory(args.index_memory)
-    print(f"job {result.job_id}: {result.added} added, {result.updated} updated, {result.skipped} skipped, "
-          f"{result.failed} errors in {result.elapsed_s:.1f}s ({result.rate:,.0f} rows/s), then the index in {result.index_s:.1f}s"
-          + (f"; see `mmsearch jobs --job {result.job_id}`" if result.failed else ""))
+        _keep_index_memory(store, args)
+    _print_job(result, f"{result.rate:,.0f} rows/s, then the index in {result.index_s:.1f}s")
     return 0
 
 
