@@ -286,8 +286,9 @@ def run_size(n: int, args, model: Path, db_label: str, db: str | None) -> dict:
     if db is None:
         row["catalog_bytes_per_item"] = round(catalog_bytes(data) / n)
         row["catalog_gb"] = round(catalog_bytes(data) / 2**30, 2)
-    index_file = data / "indices" / "scale.faiss"
-    row["index_file_gb"] = round(index_file.stat().st_size / 2**30, 2) if index_file.exists() else None
+    # the header file and, for a large index, the memory-mapped payload beside it (scale.faiss.<token>.payload)
+    index_files = list((data / "indices").glob("scale.faiss*"))
+    row["index_file_gb"] = round(sum(f.stat().st_size for f in index_files) / 2**30, 2) if index_files else None
     row.update(cold_open(data, db))
     print(f"  cold open {row['cold_open_s']}s ({row['index']})", flush=True)
     q_plain = queries(args.queries)
