@@ -391,14 +391,13 @@ class Service:
 
     def create_collection(self, name: str, model: str, index: str = "", *, text_fields=()) -> CollectionInfo:
         from indexer.catalog import check_collection_name
+        from indexer.text_index import check_text_fields
 
         if not model:
             raise InvalidInput("model is required: the dual encoder the collection is bound to")
         check_collection_name(name)
-        enc = self.models.dual(model)
-        from indexer.text_index import check_text_fields
-
         fields = check_text_fields(text_fields)  # before the model loads
+        enc = self.models.dual(model)
         handle = self.store.create_collection(name, enc, index or None, text_fields=fields)
         return self._info(handle.row)
 
