@@ -211,6 +211,36 @@ def test_min_score_cuts_the_grid(browser, site):
     assert browser.find_element("id", "page-size").get_attribute("value") == "20"
 
 
+def test_keywords_fuse_with_the_query_and_alone_find_the_file(browser, site):
+    path = f"/api/v1/collections/{demo.COLLECTION}/search"
+    target = api(site, path, text="a blue star", top_k=200)["hits"][150]  # far down the vector list
+    word = Path(target["uri"]).stem.split("_")[-1]  # img_00123.png: the file name's number is a keyword
+    browser.get(page_url(site, q="a blue star", k=20))
+    before = [c["id"] for c in wait_results(browser)]
+    assert target["id"] not in before
+    box = browser.find_element("id", "keywords")
+    box.clear()
+    box.send_keys(word + "\n")
+    want = api(site, path, text="a blue star", keywords=word, top_k=20)
+    assert want["score_kind"] == "rrf" and target["id"] in [h["id"] for h in want["hits"]]
+    wait(browser, lambda d: [c["id"] for c in cards(d)][:20] == [h["id"] for h in want["hits"]])
+    assert parse_qs(urlparse(browser.current_url).query)["keywords"] == [word]
+    assert "fusion" in browser.find_element("css selector", "#grid .card .score").get_attribute("title")
+
+    browser.get(page_url(site, keywords=word))  # keywords alone are a query too, and survive in the URL
+    wait(browser, lambda d: [c["id"] for c in cards(d)] == [target["id"]])
+    assert browser.find_element("id", "keywords").get_attribute("value") == word
+    browser.find_element("css selector", "#grid .card .thumb").click()
+    viewer = wait(browser, lambda d: d.find_element("id", "viewer").get_attribute("open") is not None
+                  and d.find_element("id", "viewer"))
+    assert "score (keyword)" in viewer.text and "keyword score" in viewer.text
+    browser.switch_to.active_element.send_keys("\ue00c")  # Escape
+    wait(browser, lambda d: d.find_element("id", "viewer").get_attribute("open") is None)
+
+    browser.get(page_url(site, keywords="nosuchword"))
+    wait(browser, lambda d: "the keywords" in d.find_element("id", "empty").text)
+
+
 def test_the_grid_pages_on_scroll(browser, site):
     browser.get(page_url(site, q="a blue triangle", k=20))
     wait_results(browser)

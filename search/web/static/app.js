@@ -7,7 +7,7 @@
   const ui = {
     form: $("search-form"), collection: $("collection"), q: $("q"), chip: $("chip"), chipImg: $("chip-img"),
     chipText: $("chip-text"), chipClear: $("chip-clear"), uploadButton: $("upload-button"), upload: $("upload"),
-    optionsToggle: $("options-toggle"), options: $("options"), filter: $("filter"), filterError: $("filter-error"),
+    optionsToggle: $("options-toggle"), options: $("options"), filter: $("filter"), keywords: $("keywords"), filterError: $("filter-error"),
     filterCaret: $("filter-caret"), filterMessage: $("filter-message"), minScore: $("min-score"), rerank: $("rerank"),
     depth: $("depth"), pageSize: $("page-size"), exportJson: $("export-json"), exportCsv: $("export-csv"),
     status: $("status"), error: $("error"), empty: $("empty"), grid: $("grid"), sentinel: $("sentinel"),
@@ -18,12 +18,15 @@
     drop: $("drop-overlay"),
   };
 
+  const SCORE_TITLES = { vector: "first-stage score (cosine similarity)", keyword: "keyword match score",
+    rrf: "fused score: reciprocal rank fusion of the vector and keyword lists" };
   const EAGER = 24;  // thumbnails fetched at once (the first screen); the rest load lazily as they scroll in
   const IMAGE_KEY = "mmsearch-query-image";
   let settings = { rerankers: [], rerank_default_depth: 128, rerank_max_depth: 256, max_top_k: 10000 };
   let token = sessionStorage.getItem("mmsearch-token") || "";
-  let query = null;        // the query on screen: {collection, q, filter, minScore, rerank, depth, k, like, image}
+  let query = null;        // the query on screen: {collection, q, filter, keywords, minScore, rerank, depth, k, like, image}
   let hits = [];
+  let scoreKind = "vector"; // what the server says hit.score is: "vector" (cosine), "keyword" or "rrf" (fused)
   let nextOffset = null;
   let loading = false;
   let generation = 0;      // bumps on every new query; late answers to older ones are dropped
@@ -87,6 +90,7 @@
       collection: ui.collection.value,
       q: ui.q.value.trim(),
       filter: ui.filter.value.trim(),
+      keywords: ui.keywords.value.trim(),
       minScore: minScore === "" ? null : Number(minScore),
       rerank: ui.rerank.value,
       depth: ui.depth.value ? Number(ui.depth.value) : 0,
@@ -103,6 +107,7 @@
     if (qy.like) p.set("like", String(qy.like));
     if (qy.image) p.set("image", "1");
     if (qy.filter) p.set("filter", qy.filter);
+    if (qy.keywords) p.set("keywords", qy.keywords);
     if (qy.minScore !== null) p.set("min_score", String(qy.minScore));
     if (qy.rerank) p.set("rerank", qy.rerank);
     if (qy.rerank && qy.depth) p.set("depth", String(qy.depth));
@@ -119,6 +124,7 @@
       collection: p.get("collection") || "",
       q: p.get("q") || "",
       filter: p.get("filter") || "",
+      keywords: p.get("keywords") || "",
       minScore: min === null || min === "" || Number.isNaN(Number(min)) ? null : Number(min),
       rerank: p.get("rerank") || "",
       depth: Number(p.get("depth")) || 0,
@@ -134,6 +140,7 @@
     }
     ui.q.value = qy.q;
     ui.filter.value = qy.filter;
+    ui.keywords.value = qy.keywords;
     ui.minScore.value = qy.minScore === null ? "" : String(qy.minScore);
     if (qy.rerank && ![...ui.rerank.options].some((o) => o.value === qy.rerank)) {
       ui.rerank.append(new Option(shortName(qy.rerank), qy.rerank));  // not offered here; the server will say
@@ -169,7 +176,7 @@
     generation += 1;
     hits = [];
     nextOffset = null;
-    const asking = qy.q || qy.like || qy.image;
+    const asking = qy.q || qy.like || qy.image || qy.keywords;
     if (asking) fetchPage(0, t0);  // the request leaves first; the old grid goes while it is under way
     ui.grid.replaceChildren();
     hideFilterError();
@@ -177,13 +184,14 @@
     ui.empty.hidden = true;
     if (!asking) {
       ui.status.textContent = "";
-      showEmpty("Type what you are looking for, drop or paste an image, or pick \u201cMore like this\u201d on a result.");
+      showEmpty("Type what you are looking for, drop or paste an image, give keywords, or pick \u201cMore like this\u201d on a result.");
     }
   }
 
   function requestFor(qy, offset) {
     const body = { top_k: qy.k, offset, include_metadata: true, include_caption: true };
     if (qy.filter) body.filter = qy.filter;
+    if (qy.keywords) body.keywords = qy.keywords;
     if (qy.minScore !== null && !Number.isNaN(qy.minScore)) body.min_score = qy.minScore;
     if (qy.rerank) {
       body.rerank = { model: qy.rerank, depth: qy.depth || 0 };
@@ -201,7 +209,7 @@
       return { path: `/api/v1/collections/${encodeURIComponent(qy.collection)}/search/upload`, form };
     }
     if (qy.like) body.item_id = Number(qy.like);
-    else body.text = qy.q;
+    else if (qy.q) body.text = qy.q;
     return { path: `/api/v1/collections/${encodeURIComponent(qy.collection)}/search`, json: body };
   }
 
@@ -217,6 +225,7 @@
       const tResponse = performance.now();
       const first = hits.length;
       hits.push(...result.hits);
+      scoreKind = result.score_kind || "vector";
       nextOffset = result.next_offset;
       const record = offset === 0 ? { query: qy.q || (qy.like ? `like:${qy.like}` : "image"), t0, tResponse,
                                        encodeMs: result.timing.encode_ms, totalMs: result.timing.total_ms,
@@ -245,14 +254,16 @@
     const t = result.timing;
     const more = nextOffset !== null ? ", more as you scroll" : "";
     const reranked = query.rerank && t.rerank_ms > 0 ? `, rerank ${fmtMs(t.rerank_ms)}` : "";
+    const keywords = query.keywords && t.keyword_ms > 0 ? `, keywords ${fmtMs(t.keyword_ms)}` : "";
     if (hits.length === 0) {
       ui.status.textContent = "";
-      const why = query.filter || query.minScore !== null ? " Loosen the filter or the minimum score." : "";
+      const why = query.filter || query.minScore !== null || query.keywords
+        ? " Loosen the filter, the keywords or the minimum score." : "";
       showEmpty(`No results.${why}`);
       return;
     }
     ui.status.textContent = `${hits.length} result${hits.length === 1 ? "" : "s"}${more} \u00b7 ` +
-      `${fmtMs(t.total_ms)} (encode ${fmtMs(t.encode_ms)}, index ${fmtMs(t.ann_ms + t.filter_ms)}${reranked})`;
+      `${fmtMs(t.total_ms)} (encode ${fmtMs(t.encode_ms)}, index ${fmtMs(t.ann_ms + t.filter_ms)}${keywords}${reranked})`;
   }
 
   const fmtMs = (ms) => (ms >= 100 ? `${Math.round(ms)} ms` : `${ms.toFixed(1)} ms`);
@@ -325,8 +336,8 @@
       info.className = "info";
       const score = document.createElement("span");
       score.className = "score";
-      score.title = "first-stage score (cosine similarity)";
-      score.textContent = hit.score.toFixed(3);
+      score.title = SCORE_TITLES[scoreKind] || SCORE_TITLES.vector;
+      score.textContent = hit.score.toFixed(scoreKind === "rrf" ? 4 : 3);
       info.append(score);
       if (hit.rerank_score !== null && hit.rerank_score !== undefined) {
         const itm = document.createElement("span");
@@ -453,7 +464,9 @@
     ui.viewerTitle.textContent = hit.uri.split(/[\\/]/).pop() || `item ${hit.id}`;
     ui.viewerCaption.textContent = hit.caption || "";
     const rows = [["id", hit.id], ["uri", hit.uri], ["size", hit.width && hit.height ? `${hit.width} \u00d7 ${hit.height}` : "?"],
-      ["score", hit.score.toFixed(4)]];
+      [scoreKind === "vector" ? "score" : `score (${scoreKind})`, hit.score.toFixed(4)]];
+    if (hit.vector_score !== null && hit.vector_score !== undefined) rows.push(["vector score", hit.vector_score.toFixed(4)]);
+    if (hit.keyword_score !== null && hit.keyword_score !== undefined) rows.push(["keyword score", hit.keyword_score.toFixed(4)]);
     if (hit.rerank_score !== null && hit.rerank_score !== undefined) rows.push(["ITM P(match)", hit.rerank_score.toFixed(4)]);
     for (const [key, value] of Object.entries(hit.metadata || {})) {
       rows.push([`meta.${key}`, typeof value === "object" ? JSON.stringify(value) : String(value)]);
@@ -524,7 +537,7 @@
     startSearch();
   });
   for (const el of [ui.rerank, ui.pageSize]) el.addEventListener("change", () => query && startSearch());
-  for (const el of [ui.filter, ui.minScore, ui.depth]) {
+  for (const el of [ui.filter, ui.keywords, ui.minScore, ui.depth]) {
     el.addEventListener("keydown", (event) => { if (event.key === "Enter") { event.preventDefault(); startSearch(); } });
   }
   ui.filter.addEventListener("input", hideFilterError);
