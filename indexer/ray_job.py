@@ -8,8 +8,9 @@
 
 An import (`import_events`): the driver lists the sources into units (vector_sources.ReadUnit: a parquet
 file's run of row groups with its clip-retrieval vectors, an .npy slice with its manifest rows); Ray tasks,
-`actors` at a time, read and prepare each unit on any node (jobs.prepare_unit, the local import's code) and
-stream its batches back; the driver commits them in listing order through the local import's commit.
+`actors` at a time, read and prepare each unit on any node (import_rows.prepare_unit, the local import's
+code) and stream its batches back; the driver commits them in listing order through the local import's
+commit.
 
 What runs where: the listing, the skip of uris already indexed and every commit stay on the driver (this
 process), in the local job's own code (jobs._Runner: same transactions, same job rows and counts, same
@@ -84,13 +85,17 @@ def use_token(address: str) -> None:
             "machine, or set RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN); `ray get-auth-token` on the head prints it")
 
 
-def import_ray():
-    """The ray module with Ray Data, or InvalidInput saying how to install it."""
+def import_ray(data: bool = True):
+    """The ray module (with Ray Data, which an import's tasks do without, unless not `data`), or InvalidInput
+    saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401
+
+        if data:
+            import ray.data  # noqa: F401
     except ImportError:
-        raise InvalidInput(f"--engine ray needs Ray Data, which is not installed: {INSTALL_HINT}") from None
+        raise InvalidInput(f"--engine ray needs {'Ray Data' if data else 'Ray'}, which is not installed: "
+                           f"{INSTALL_HINT}") from None
     return ray
 
 
@@ -110,7 +115,7 @@ class RayEngine:
         opt = self.options
         if opt.address:
             use_token(opt.address)
-        ray = import_ray()
+        ray = import_ray(data=encoder_actors)
         if catalog.dialect == "sqlite" and opt.address:
             raise InvalidInput(_SQLITE_REFUSED)
         logging.getLogger("ray").setLevel(logging.WARNING)
@@ -147,6 +152,8 @@ class RayEngine:
         except BaseException:
             self.close()
             raise
+        if not encoder_actors:
+            return
         import ray.data
 
         logging.getLogger("ray.data").setLevel(logging.ERROR)
@@ -177,8 +184,8 @@ class RayEngine:
 
     def import_events(self, units: Iterator, batch_size: int) -> Iterator:
         """An import's batches (jobs.PreparedRows) and SourceProblems in source order: each unit of the listing
-        is read and prepared by a Ray task on any node (jobs.prepare_unit, streaming its batches back), with
-        `actors` tasks running at once ahead of the batch being committed."""
+        is read and prepared by a Ray task on any node (import_rows.prepare_unit, streaming its batches back),
+        `actors` tasks at once (and one queued) ahead of the batch being committed."""
         from collections import deque
 
         ray = self.ray
@@ -194,7 +201,7 @@ class RayEngine:
         head = None
         try:
             while True:
-                while running < opt.actors:
+                while running <= opt.actors:  # one more queued, so the next unit is read as soon as a CPU frees
                     unit = next(listing, None)
                     if unit is None:
                         break

@@ -118,7 +118,7 @@ def _ray_options(args: argparse.Namespace):
         os.environ["RAY_AUTH_TOKEN_PATH"] = os.path.abspath(args.ray_token_file)
     if args.ray_address:
         use_token(args.ray_address)
-    import_ray()  # without Ray: the one-line hint, before any model is loaded
+    import_ray(data=args.command == "index")  # without Ray: the one-line hint, before any model is loaded
     options = RayOptions(address=args.ray_address or None, actors=1 if args.actors is None else args.actors,
                          gpus_per_actor=gpus or 0.0)
     options.check()

@@ -58,7 +58,7 @@ def test_killed_driver_then_the_same_import_resumes_exactly_once(ray_cluster, ti
     root = tmp_path / "out"
     (root / "img_emb").mkdir(parents=True)
     (root / "metadata").mkdir()
-    shards, per_shard = 20, 200
+    shards, per_shard = 10, 200
     rng = np.random.default_rng(1)
     for s in range(shards):
         np.save(root / "img_emb" / f"img_emb_{s}.npy", unit(rng, per_shard, dim).astype(np.float16))
@@ -118,4 +118,4 @@ def test_import_refusals_are_one_line(ray_cluster, tiny_siglip_dir, tmp_path, ca
                           cwd=str(ROOT), env=dict(env, PYTHONPATH=os.pathsep.join([str(shadow.parent), str(ROOT)])),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        'mmsearch import: --engine ray needs Ray Data, which is not installed: pip install -e ".[ray]"'], proc.stderr
+        'mmsearch import: --engine ray needs Ray, which is not installed: pip install -e ".[ray]"'], proc.stderr
