@@ -8,7 +8,8 @@
     result = import_embeddings(store, "laion", enc, ["/data/clip-out"], ImportOptions(batch_size=10000))
 
 `import_embeddings` is the same job without decoding or encoding: precomputed vectors and their metadata
-(indexer/vector_sources.py) go through the same commit (`commit_batch`) and job record.
+(indexer/vector_sources.py, rows prepared by indexer/import_rows.py, here or in Ray tasks) go through the
+same commit (`commit_batch`) and job record.
 
 Resumable: a uri already in the collection is skipped without being read (unless `update`, which reads it
 and re-embeds it when its sha256 changed), and content already in the collection (same sha256) is
@@ -40,10 +41,11 @@ from sqlalchemy import update
 from mmsearch.errors import InvalidInput, NothingIndexed
 from encoders.preprocess import DEFAULT_MAX_PIXELS
 from indexer.catalog import Job, JobError, utcnow
-from indexer.ingest import Ingest, Record, SourceItem, check_meta, failure_reason, store_thumbnail
+from indexer.ingest import Ingest, Record, SourceItem, failure_reason, store_thumbnail
 from indexer.sources import check_paths, count_paths, iter_objects, iter_paths
 from indexer.store import CollectionHandle, Store, UpsertRow
-from indexer.vector_sources import VectorRows, open_sources, unit_rows, vector_sha256
+from indexer.import_rows import PreparedRows, import_units, prepare_unit
+from indexer.vector_sources import SourceProblem, open_sources
 
 log = logging.getLogger("mmsearch.indexer")
 
@@ -584,14 +586,17 @@ class ImportOptions:
 
 
 def import_embeddings(store: Store, collection: str, encoder, paths: Iterable[str],
-                      options: ImportOptions | None = None, *, index_spec: str | None = None) -> JobResult:
+                      options: ImportOptions | None = None, *, index_spec: str | None = None,
+                      engine=None) -> JobResult:
     """Import precomputed embeddings with their metadata (indexer/vector_sources.py: clip-retrieval output,
     parquet, .npy + manifest) into `collection`, created and bound to `encoder` if new (so text queries
     use it). Vectors must have the encoder's dim; they are L2-normalised on the way in. Each batch is one
     catalog transaction of the same kind `index` commits (rows, vectors, errors, job counts); like
     `index`, a rerun skips uris already in the collection, so a killed import resumed with the same
     command ends with every row present once. The index is not kept up to date while rows stream in: it
-    is built (or caught up) from the catalog once at the end."""
+    is built (or caught up) from the catalog once at the end.
+    `engine`: None reads and prepares the rows here; an indexer.ray_job.RayOptions has Ray tasks read and
+    prepare the sources' units on the cluster (prepare_unit), committed from here in source order."""
     options = options or ImportOptions()
     options.check()
     sources = open_sources(paths, vector_column=options.vector_column, manifest=options.manifest)
@@ -599,16 +604,36 @@ def import_embeddings(store: Store, collection: str, encoder, paths: Iterable[st
         if src.dim != int(encoder.dim):
             raise InvalidInput(f"import: {src.path} holds {src.dim}-d vectors; {encoder.name} makes "
                                f"{encoder.dim}-d ones (give the model the vectors were made with)")
-    handle = store.open_or_create(collection, encoder, index_spec)
-    names = [src.path for src in sources]
-    job_id = start_job(handle, names, {"kind": "import", "batch_size": options.batch_size, "update": options.update,
-                                       "model": encoder.name})
-    return _Importer(handle, job_id, options).run(sources)
+    ray_engine = None
+    if engine is not None:
+        from indexer.ray_job import RayEngine
+
+        ray_engine = RayEngine(engine)
+        ray_engine.connect(store.catalog, encoder_actors=False)  # refusals before anything is written
+    try:
+        handle = store.open_or_create(collection, encoder, index_spec)
+        names = [src.path for src in sources]
+        job_id = start_job(handle, names, {"kind": "import", "batch_size": options.batch_size,
+                                           "update": options.update, "model": encoder.name,
+                                           **(engine.describe() if engine is not None else {"engine": "local"})})
+        return _Importer(handle, job_id, options, ray_engine).run(sources)
+    finally:
+        if ray_engine is not None:
+            ray_engine.close()
+
+
+def _local_import(sources, batch_size: int) -> Iterator[PreparedRows | SourceProblem]:
+    for unit in import_units(sources, batch_size):
+        if isinstance(unit, SourceProblem):
+            yield unit
+        else:
+            yield from prepare_unit(unit, batch_size)
 
 
 class _Importer:
-    def __init__(self, handle: CollectionHandle, job_id: int, options: ImportOptions):
+    def __init__(self, handle: CollectionHandle, job_id: int, options: ImportOptions, ray_engine=None):
         self.handle, self.job_id, self.opt = handle, job_id, options
+        self.ray_engine = ray_engine
         self.result = JobResult(job_id=job_id, state="running")
         self.problems: list[tuple[str, str]] = []  # shard-level errors waiting for the next commit
         self.last_commit_s = 0.0  # recorded with the next commit, as the index job does
@@ -623,24 +648,32 @@ class _Importer:
 
                 bar = tqdm(total=sum(src.rows for src in sources), unit="row", unit_scale=True, dynamic_ncols=True,
                            smoothing=0.1, desc=f"import {self.handle.name}")
-            for src in sources:
-                for part in src.batches(self.opt.batch_size):
-                    if isinstance(part, VectorRows):
+            size = self.opt.batch_size
+            if self.ray_engine is not None:
+                events = self.ray_engine.import_events(import_units(sources, size), size)
+            else:
+                events = _local_import(sources, size)
+            try:
+                for part in events:
+                    if isinstance(part, PreparedRows):
                         self._commit(part)
                         if bar is not None:
-                            bar.update(len(part.uris))
+                            bar.update(part.seen)
                             r = self.result
                             bar.set_postfix(added=r.added, skipped=r.skipped, errors=r.failed)
                     else:
                         self.problems.append((part.where, part.reason))
+            finally:
+                events.close()
             if self.problems:
                 self._commit(None)
 
         return run_recorded(self.handle, self.job_id, self.result, body, noun="imported", bar=lambda: bar)
 
-    def _commit(self, part) -> None:
+    def _commit(self, part: PreparedRows | None) -> None:
         t0 = time.perf_counter()
-        rows, errors, seen = ([], [], 0) if part is None else self._rows(part)
+        rows, errors, seen, prepare_s = ([], [], 0, 0.0) if part is None else (
+            part.rows, part.errors, part.seen, part.prepare_s)
         errors = self.problems + errors
         seen += len(self.problems)
         self.problems = []
@@ -656,62 +689,15 @@ class _Importer:
             skipped, rows = len(rows) - len(fresh), fresh
         t1 = time.perf_counter()
         # decode_s: reading and preparing the rows (and the uri check); commit_s: the write transactions
+        prepared_s = prepare_s + t1 - t0
         added, updated, skipped = commit_batch(
             self.handle, self.job_id, rows, errors, seen=seen, skipped=skipped, replace_uri=self.opt.update,
-            timings={"decode_s": t1 - t0, "commit_s": self.last_commit_s}, apply_index=False)
+            timings={"decode_s": prepared_s, "commit_s": self.last_commit_s}, apply_index=False)
         self.last_commit_s = time.perf_counter() - t1
         r = self.result
-        r.decode_s += t1 - t0
+        r.decode_s += prepared_s
         r.seen += seen
         r.added += added
         r.updated += updated
         r.skipped += skipped
         r.failed += len(errors)
-
-    def _rows(self, part) -> tuple[list[UpsertRow], list[tuple[str, str]], int]:
-        """The importable rows of a batch (normalised vectors, sha256 of their bytes, metadata split into
-        width / height / caption and the rest) and the errors of the others."""
-        vectors, unusable = unit_rows(part.vectors)
-        n = len(vectors)
-        rows: list[UpsertRow] = []
-        errors: list[tuple[str, str]] = []
-        for i in range(n):
-            if i in part.bad:
-                errors.append((part.label(i), part.bad[i]))
-                continue
-            if i in unusable:
-                errors.append((part.label(i), unusable[i]))
-                continue
-            uri = part.uris[i]
-            if uri is not None and not isinstance(uri, str):
-                uri = str(uri)
-            if not uri:
-                errors.append((part.label(i), "row has no uri"))
-                continue
-            meta = part.metas[i]
-            width, height, caption = _take_int(meta, "width"), _take_int(meta, "height"), meta.get("caption")
-            if isinstance(caption, str):
-                del meta["caption"]
-            else:
-                caption = None
-            problem = check_meta(meta)
-            if problem:
-                errors.append((uri, problem))
-                continue
-            vec = vectors[i]
-            rows.append(UpsertRow(uri=uri, sha256=vector_sha256(vec), width=width,
-                                  height=height, vector=vec, meta=meta or None, caption=caption))
-        return rows, errors, n
-
-
-def _take_int(meta: dict, key: str) -> int:
-    """An integer width / height column moves to the item's built-in column (0 when absent)."""
-    value = meta.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        return 0
-    if isinstance(value, float) and not value.is_integer():
-        return 0
-    if not 0 <= value < 2**31:
-        return 0
-    del meta[key]
-    return int(value)

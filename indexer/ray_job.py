@@ -1,9 +1,16 @@
 """The Ray engine of a bulk job: the same job as indexer/jobs.py, with decoding and encoding on a Ray cluster.
 
-    from indexer.jobs import JobOptions, index_paths
+    from indexer.jobs import JobOptions, index_paths, import_embeddings
     from indexer.ray_job import RayOptions
     index_paths(store, "photos", enc, ["/shared/photos"], JobOptions(), engine=RayOptions(address="10.0.0.1:6379",
                 actors=4, gpus_per_actor=1))
+    import_embeddings(store, "laion", enc, ["/shared/clip-out"], engine=RayOptions(address=..., actors=8))
+
+An import (`import_events`): the driver lists the sources into units (vector_sources.ReadUnit: a parquet
+file's run of row groups with its clip-retrieval vectors, an .npy slice with its manifest rows); Ray tasks,
+`actors` at a time, read and prepare each unit on any node (import_rows.prepare_unit, the local import's
+code) and stream its batches back; the driver commits them in listing order through the local import's
+commit.
 
 What runs where: the listing, the skip of uris already indexed and every commit stay on the driver (this
 process), in the local job's own code (jobs._Runner: same transactions, same job rows and counts, same
@@ -37,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from mmsearch.errors import Conflict, InvalidInput, MMSearchError, Unavailable
+from indexer.vector_sources import SourceProblem
 
 log = logging.getLogger("mmsearch.indexer")
 
@@ -77,13 +85,17 @@ def use_token(address: str) -> None:
             "machine, or set RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN); `ray get-auth-token` on the head prints it")
 
 
-def import_ray():
-    """The ray module with Ray Data, or InvalidInput saying how to install it."""
+def import_ray(data: bool = True):
+    """The ray module (with Ray Data, which an import's tasks do without, unless not `data`), or InvalidInput
+    saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401
+
+        if data:
+            import ray.data  # noqa: F401
     except ImportError:
-        raise InvalidInput(f"--engine ray needs Ray Data, which is not installed: {INSTALL_HINT}") from None
+        raise InvalidInput(f"--engine ray needs {'Ray Data' if data else 'Ray'}, which is not installed: "
+                           f"{INSTALL_HINT}") from None
     return ray
 
 
@@ -97,11 +109,13 @@ class RayEngine:
         self.ray = None
         self.started_local = False
 
-    def connect(self, catalog) -> None:
+    def connect(self, catalog, *, encoder_actors: bool = True) -> None:
+        """`encoder_actors`: the job runs the encoder pool (index) beside its CPU tasks; an import runs
+        `actors` read tasks only."""
         opt = self.options
         if opt.address:
             use_token(opt.address)
-        ray = import_ray()
+        ray = import_ray(data=encoder_actors)
         if catalog.dialect == "sqlite" and opt.address:
             raise InvalidInput(_SQLITE_REFUSED)
         logging.getLogger("ray").setLevel(logging.WARNING)
@@ -127,15 +141,19 @@ class RayEngine:
             if catalog.dialect == "sqlite" and len(nodes) > 1:
                 raise InvalidInput(_SQLITE_REFUSED)
             cpus = ray.cluster_resources().get("CPU", 0)
-            need = opt.actors * opt.cpus_per_actor + 1
+            need = opt.actors * opt.cpus_per_actor + (1 if encoder_actors else 0)
             if cpus < need:
-                raise InvalidInput(f"the Ray cluster has {cpus:g} CPUs; {opt.actors} actor(s) of "
-                                   f"{opt.cpus_per_actor:g} CPU and the decode tasks need at least {need:g}")
+                what = "actor(s)" if encoder_actors else "read task(s)"
+                raise InvalidInput(f"the Ray cluster has {cpus:g} CPUs; {opt.actors} {what} of "
+                                   f"{opt.cpus_per_actor:g} CPU" + (" and the decode tasks" if encoder_actors else "")
+                                   + f" need at least {need:g}")
             if opt.gpus_per_actor and ray.cluster_resources().get("GPU", 0) < opt.gpus_per_actor:
                 raise InvalidInput(f"--gpus-per-actor {opt.gpus_per_actor:g}: the Ray cluster has no such GPUs")
         except BaseException:
             self.close()
             raise
+        if not encoder_actors:
+            return
         import ray.data
 
         logging.getLogger("ray.data").setLevel(logging.ERROR)
@@ -163,6 +181,56 @@ class RayEngine:
                 window = []
         if window:
             yield from self._run_window(runner, window)
+
+    def import_events(self, units: Iterator, batch_size: int) -> Iterator:
+        """An import's batches (jobs.PreparedRows) and SourceProblems in source order: each unit of the listing
+        is read and prepared by a Ray task on any node (import_rows.prepare_unit, streaming its batches back),
+        `actors` tasks at once (and one queued) ahead of the batch being committed."""
+        from collections import deque
+
+        ray = self.ray
+        opt = self.options
+        # streaming: a unit can be a whole clip-retrieval shard (one row group of a million rows); its batches
+        # come back one by one, at most two waiting per task; a task lost with its node is run again
+        task = ray.remote(_prepare_unit_task).options(
+            num_cpus=opt.cpus_per_actor, max_retries=3, num_returns="streaming",
+            _generator_backpressure_num_objects=2)
+        pending: deque = deque()  # SourceProblems and running tasks' generators, in listing order
+        listing = iter(units)
+        running = 0
+        head = None
+        try:
+            while True:
+                while running <= opt.actors:  # one more queued, so the next unit is read as soon as a CPU frees
+                    unit = next(listing, None)
+                    if unit is None:
+                        break
+                    if isinstance(unit, SourceProblem):
+                        pending.append(unit)
+                    else:
+                        pending.append(task.remote(unit, batch_size))
+                        running += 1
+                if not pending:
+                    return
+                head = pending.popleft()
+                if isinstance(head, SourceProblem):
+                    yield head
+                    continue
+                for ref in head:
+                    yield from ray.get(ref)
+                head = None
+                running -= 1
+        except MMSearchError:
+            raise
+        except Exception as exc:
+            raise _job_stopped(exc) from None
+        finally:  # stopped early (an error, Ctrl-C): the tasks still running are of no use
+            for left in [head, *pending]:
+                if left is not None and not isinstance(left, SourceProblem):
+                    try:
+                        ray.cancel(left, force=True)
+                    except Exception:  # already finished, or the cluster is gone
+                        pass
 
     def _run_window(self, runner, window: list) -> Iterator[tuple]:
         from indexer.ingest import Record
@@ -203,15 +271,31 @@ class RayEngine:
                     yield ("ok-encoded", record, float(out["decode_s"][i]), float(out["encode_s"][i]))
         except MMSearchError:
             raise
-        except Exception as exc:  # a lost cluster, an actor that cannot load the model: say so in one line
-            cause = _user_error(exc)
-            if cause is not None:
-                raise cause from None
-            raise Unavailable(f"the Ray job stopped ({type(exc).__name__}: {_first_line(exc)}); what was "
-                              "committed stays, rerun the same command to resume") from None
+        except Exception as exc:
+            raise _job_stopped(exc) from None
 
 
 # ---- what runs on the cluster ---------------------------------------------------------------------------------
+
+
+CHUNK_BYTES = 16 << 20  # vector bytes an import task sends back in one object (a batch at least)
+
+
+def _prepare_unit_task(unit, batch_size: int):
+    """A Ray task: one unit of an import, read and prepared where it runs (the local import's own code), sent
+    back in chunks of batches (lists): one object per small batch would cost a round trip each."""
+    from indexer.import_rows import PreparedRows, prepare_unit
+
+    chunk, size = [], 0
+    for part in prepare_unit(unit, batch_size):
+        chunk.append(part)
+        if isinstance(part, PreparedRows):
+            size += sum(r.vector.nbytes for r in part.rows)
+        if size >= CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 def decode_batch(batch: dict, *, ingest, shape: tuple) -> dict:
@@ -302,6 +386,16 @@ def _token_available() -> bool:
         return True
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
     return os.path.isfile(path)
+
+
+def _job_stopped(exc: BaseException) -> MMSearchError:
+    """What to raise when the cluster's part of a job failed (a lost cluster, an actor that cannot load the
+    model, a task's own error): one line."""
+    cause = _user_error(exc)
+    if cause is not None:
+        return cause
+    return Unavailable(f"the Ray job stopped ({type(exc).__name__}: {_first_line(exc)}); what was "
+                       "committed stays, rerun the same command to resume")
 
 
 def _user_error(exc: BaseException) -> MMSearchError | None:

@@ -14,10 +14,12 @@ In every layout the columns `width` / `height` (integers) fill the items' built-
 (a string) their caption; dotted column names (pandas' json_normalize: "exif.iso") become nested metadata.
 
 Reading is bounded in memory whatever the size: parquet through record batches, .npy memory-mapped, a
-manifest line by line. Each source yields `VectorRows` (a batch of aligned rows, with the per-row problems
-found) and `SourceProblem`s (a shard that cannot be read: missing metadata, rows not aligned, a corrupt
-file): the job records them and goes on. A request that cannot work at all (no such path, an unknown
-layout, no uri or vector column) raises InvalidInput before anything is read.
+manifest line by line. Each source is listed (`units`) as `ReadUnit`s and `SourceProblem`s (a shard that
+cannot be read: missing metadata, rows not aligned, a corrupt file: the job records them and goes on). A
+unit is a small picklable description (a parquet file's run of row groups, with its clip-retrieval vector
+file; an .npy slice with its manifest rows) that any process or Ray node reads by itself (`unit.batches`)
+into `VectorRows`: batches of aligned rows, with the per-row problems found. A request that cannot work at
+all (no such path, an unknown layout, no uri or vector column) raises InvalidInput before anything is read.
 """
 
 from __future__ import annotations
@@ -63,6 +65,16 @@ class SourceProblem:
     reason: str
 
 
+class ReadUnit:
+    """A picklable piece of a source: `batches` reads it (on the driver or on any Ray node) as VectorRows, or a
+    SourceProblem for the rows it could not read."""
+
+    rows: int
+
+    def batches(self, size: int) -> Iterator[VectorRows | SourceProblem]:
+        raise NotImplementedError
+
+
 class VectorSource:
     """One input of an import. `rows` (for the progress bar) and `dim` are known before reading."""
 
@@ -70,7 +82,9 @@ class VectorSource:
     rows: int
     dim: int
 
-    def batches(self, size: int) -> Iterator[VectorRows | SourceProblem]:
+    def units(self, size: int) -> Iterator[ReadUnit | SourceProblem]:
+        """The source listed as units of at least `size` rows (whole parquet row groups; the rest at the end
+        of a file), in row order."""
         raise NotImplementedError
 
 
@@ -149,7 +163,7 @@ class ClipRetrievalSource(VectorSource):
             raise InvalidInput(f"import: {folder}: no readable img_emb_N.npy file")
         self.dim = dims.pop()
 
-    def batches(self, size: int) -> Iterator[VectorRows | SourceProblem]:
+    def units(self, size: int) -> Iterator[ReadUnit | SourceProblem]:
         _pa, pq = _arrow()
         for _, digits, npy in self.shards:
             matrix = self.matrices[npy]
@@ -162,35 +176,70 @@ class ClipRetrievalSource(VectorSource):
                                     "not imported (its rows have no uris)")
                 continue
             try:
-                meta_file = pq.ParquetFile(meta_path)
-                n_meta = meta_file.metadata.num_rows
-                names = meta_file.schema_arrow.names
+                meta = pq.ParquetFile(meta_path).metadata
+                names = meta.schema.to_arrow_schema().names
             except Exception as exc:  # pyarrow raises ArrowInvalid / OSError / others on damaged files
                 yield SourceProblem(meta_path, f"unreadable parquet ({_brief(exc)}): shard not imported")
                 continue
-            if n_meta != len(matrix):
-                yield SourceProblem(npy, f"{len(matrix)} vectors but metadata_{digits}.parquet has {n_meta} rows: "
-                                    "shard not imported (rows would not align)")
+            if meta.num_rows != len(matrix):
+                yield SourceProblem(npy, f"{len(matrix)} vectors but metadata_{digits}.parquet has {meta.num_rows} "
+                                    "rows: shard not imported (rows would not align)")
                 continue
             uri_column = "url" if "url" in names else "image_path" if "image_path" in names else None
             if uri_column is None:
                 yield SourceProblem(meta_path, "no `url` or `image_path` column: shard not imported")
                 continue
-            yield from _aligned(meta_path, meta_file, matrix, uri_column, size)
+            for groups, first, rows in _row_group_runs(meta, size):
+                yield ParquetPart(meta_path, groups, first, rows, uri_column, npy=npy)
 
 
-def _aligned(meta_path, meta_file, matrix, uri_column: str, size: int) -> Iterator[VectorRows | SourceProblem]:
-    """Metadata record batches with the matching slice of the vector matrix."""
-    start = 0
-    try:
-        for batch in meta_file.iter_batches(batch_size=size):
-            uris, metas = _records(batch, uri_column)
-            n = len(uris)
-            yield VectorRows(meta_path, start, matrix[start:start + n], uris, metas)
-            start += n
-    except Exception as exc:
-        yield SourceProblem(meta_path, f"unreadable from row {start} ({_brief(exc)}): "
-                            f"{len(matrix) - start} rows not imported")
+def _row_group_runs(meta, size: int) -> Iterator[tuple[tuple[int, ...], int, int]]:
+    """(row groups, first row, rows) of consecutive row groups holding at least `size` rows (or the rest)."""
+    groups: list[int] = []
+    first = rows = 0
+    for g in range(meta.num_row_groups):
+        groups.append(g)
+        rows += meta.row_group(g).num_rows
+        if rows >= size:
+            yield tuple(groups), first, rows
+            first, groups, rows = first + rows, [], 0
+    if groups:
+        yield tuple(groups), first, rows
+
+
+@dataclass
+class ParquetPart(ReadUnit):
+    """Row groups of a parquet file. The vectors are its `vector_column` (plain parquet) or the same rows of the
+    clip-retrieval vector file `npy`; the other columns are the uri and metadata."""
+
+    path: str
+    row_groups: tuple[int, ...]
+    first: int  # the file's row number of the first row
+    rows: int
+    uri_column: str
+    vector_column: str | None = None
+    dim: int = 0
+    npy: str | None = None
+
+    def batches(self, size: int) -> Iterator[VectorRows | SourceProblem]:
+        _pa, pq = _arrow()
+        start = self.first
+        try:
+            matrix = _open_npy(self.npy) if self.npy else None
+            for batch in pq.ParquetFile(self.path).iter_batches(batch_size=size, row_groups=list(self.row_groups)):
+                bad: dict[int, str] = {}
+                if matrix is not None:
+                    vectors = matrix[start:start + batch.num_rows]
+                else:
+                    index = batch.schema.get_field_index(self.vector_column)
+                    vectors, bad = _list_matrix(batch.column(index), self.dim)
+                    batch = batch.drop_columns([self.vector_column])
+                uris, metas = _records(batch, self.uri_column)
+                yield VectorRows(self.path, start, vectors, uris, metas, bad)
+                start += len(uris)
+        except Exception as exc:  # a damaged file, or one changed since it was listed
+            yield SourceProblem(self.path, f"unreadable from row {start} ({_brief(exc)}): "
+                                f"{self.first + self.rows - start} rows not imported")
 
 
 # ---- plain parquet ---------------------------------------------------------------------------------------------
@@ -239,17 +288,9 @@ class ParquetSource(VectorSource):
                     return len(value)
         return 0
 
-    def batches(self, size: int) -> Iterator[VectorRows | SourceProblem]:
-        start = 0
-        try:
-            for batch in self.file.iter_batches(batch_size=size):
-                vectors, bad = _list_matrix(batch.column(batch.schema.get_field_index(self.vector_column)), self.dim)
-                uris, metas = _records(batch.drop_columns([self.vector_column]), self.uri_column)
-                yield VectorRows(self.path, start, vectors, uris, metas, bad)
-                start += len(uris)
-        except Exception as exc:
-            yield SourceProblem(self.path, f"unreadable from row {start} ({_brief(exc)}): "
-                                f"{self.rows - start} rows not imported")
+    def units(self, size: int) -> Iterator[ReadUnit | SourceProblem]:
+        for groups, first, rows in _row_group_runs(self.file.metadata, size):
+            yield ParquetPart(self.path, groups, first, rows, self.uri_column, self.vector_column, self.dim)
 
 
 def _is_float_list(pa, t) -> bool:
@@ -300,7 +341,7 @@ class NpySource(VectorSource):
         self.manifest = os.path.abspath(manifest)
         manifest_uri_column(self.manifest)  # no uri column: a usage error now, not an error per row
 
-    def batches(self, size: int) -> Iterator[VectorRows | SourceProblem]:
+    def units(self, size: int) -> Iterator[ReadUnit | SourceProblem]:
         uris: list = []
         metas: list[dict] = []
         bad: dict[int, str] = {}
@@ -315,14 +356,42 @@ class NpySource(VectorSource):
             uris.append(uri.strip() if isinstance(uri, str) else uri)
             metas.append(_nest(meta))
             if len(uris) >= size:
-                yield VectorRows(self.path, start, self.matrix[start:start + len(uris)], uris, metas, bad)
+                yield NpyPart(self.path, start, uris, metas, bad)
                 start += len(uris)
                 uris, metas, bad = [], [], {}
         if uris:
-            yield VectorRows(self.path, start, self.matrix[start:start + len(uris)], uris, metas, bad)
+            yield NpyPart(self.path, start, uris, metas, bad)
             start += len(uris)
         if start < self.rows:
             yield SourceProblem(self.path, f"rows {start}..{self.rows - 1} have no manifest row: not imported")
+
+
+@dataclass
+class NpyPart(ReadUnit):
+    """Rows `first`.. of an .npy matrix with their manifest rows (read on the driver, line by line)."""
+
+    path: str
+    first: int
+    uris: list
+    metas: list[dict]
+    bad: dict[int, str]
+
+    @property
+    def rows(self) -> int:
+        return len(self.uris)
+
+    def batches(self, size: int) -> Iterator[VectorRows | SourceProblem]:
+        try:
+            matrix = _open_npy(self.path)
+        except InvalidInput as exc:  # changed since it was listed
+            yield SourceProblem(self.path, f"{str(exc).removeprefix('import: ')}: {self.rows} rows not imported")
+            return
+        for at in range(0, self.rows, size):
+            n = min(size, self.rows - at)
+            bad = {i - at: why for i, why in self.bad.items() if at <= i < at + n}
+            start = self.first + at
+            yield VectorRows(self.path, start, matrix[start:start + n], self.uris[at:at + n], self.metas[at:at + n],
+                             bad)
 
 
 def _open_npy(path: str) -> np.ndarray:

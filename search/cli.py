@@ -104,21 +104,23 @@ def _print_job(result, rate: str) -> None:
 def _ray_options(args: argparse.Namespace):
     """RayOptions for `--engine ray` (None for the local engine); a token file given here is where Ray reads
     the head's token from."""
+    gpus = getattr(args, "gpus_per_actor", None)  # index only
     if args.engine != "ray":
-        if args.ray_address or args.actors is not None or args.gpus_per_actor is not None:
-            raise InvalidInput("index: --ray-address, --actors and --gpus-per-actor go with --engine ray")
+        if args.ray_address or args.actors is not None or gpus is not None or args.ray_token_file:
+            raise InvalidInput("--ray-address, --ray-token-file, --actors" + (" and --gpus-per-actor" if gpus else "")
+                               + " go with --engine ray")
         return None
     from indexer.ray_job import RayOptions, import_ray, use_token
 
     if args.ray_token_file:
         if not os.path.isfile(args.ray_token_file):
-            raise InvalidInput(f"index: --ray-token-file {args.ray_token_file}: no such file")
+            raise InvalidInput(f"--ray-token-file {args.ray_token_file}: no such file")
         os.environ["RAY_AUTH_TOKEN_PATH"] = os.path.abspath(args.ray_token_file)
     if args.ray_address:
         use_token(args.ray_address)
-    import_ray()  # without Ray: the one-line hint, before any model is loaded
+    import_ray(data=args.command == "index")  # without Ray: the one-line hint, before any model is loaded
     options = RayOptions(address=args.ray_address or None, actors=1 if args.actors is None else args.actors,
-                         gpus_per_actor=args.gpus_per_actor or 0.0)
+                         gpus_per_actor=gpus or 0.0)
     options.check()
     return options
 
@@ -130,6 +132,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     options = ImportOptions(batch_size=args.batch, update=args.update, vector_column=args.vector_column,
                             manifest=args.manifest, progress=not args.no_progress and sys.stderr.isatty())
     options.check()
+    engine = _ray_options(args)
     with _open_store(args) as store:
         if args.model:
             enc = encoders.load(args.model, device="cpu")
@@ -138,7 +141,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         else:
             raise InvalidInput(f"import: collection {args.collection!r} is new: give --model (the encoder the "
                                "vectors were made with; text queries use it)")
-        result = import_embeddings(store, args.collection, enc, args.paths, options, index_spec=args.index)
+        result = import_embeddings(store, args.collection, enc, args.paths, options, index_spec=args.index,
+                                   engine=engine)
         _keep_index_memory(store, args)
     _print_job(result, f"{result.rate:,.0f} rows/s, then the index in {result.index_s:.1f}s")
     return 0
@@ -407,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact-decode", action="store_true", help=EXACT_DECODE_HELP)
     p.set_defaults(func=cmd_embed)
 
+    def ray_args(p: argparse.ArgumentParser, shared: str) -> None:
+        p.add_argument("--ray-address", metavar="HOST:PORT", help="the Ray head (default: start a local Ray); "
+                       f"{shared}; needs --db PostgreSQL")
+        p.add_argument("--ray-token-file", metavar="FILE", help="the head's auth token (default "
+                       "$RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; `ray get-auth-token` on the head prints it)")
+
     def data_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data-dir", default=default_data_dir(), help="data directory (default $MMSEARCH_DATA "
                        "or ./mmsearch-data)")
@@ -440,10 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: decode processes here; ray: decode tasks and encoder actors on a Ray cluster "
                         '(pip install -e ".[ray]"), commits from here')
-    p.add_argument("--ray-address", metavar="HOST:PORT", help="the Ray head (default: start a local Ray); "
-                   "inputs and the model must be at the same paths on every node; needs --db PostgreSQL")
-    p.add_argument("--ray-token-file", metavar="FILE", help="the head's auth token (default $RAY_AUTH_TOKEN_PATH "
-                   "or ~/.ray/auth_token; `ray get-auth-token` on the head prints it)")
+    ray_args(p, "inputs and the model must be at the same paths on every node")
     p.add_argument("--actors", type=int, default=None, help="encoder actors on the cluster (default 1)")
     p.add_argument("--gpus-per-actor", type=float, default=None, metavar="G",
                    help="GPUs per encoder actor (default 0: CPU)")
@@ -460,6 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update", action="store_true", help="replace items whose uri is already in the collection "
                    "(default: skip them, so a rerun resumes)")
     p.add_argument("--vector-column", metavar="NAME", help="parquet: the vector column, when there are several")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: read here; ray: read and prepare the files on a Ray cluster (pip install -e "
+                        '".[ray]"), commits from here')
+    ray_args(p, "the inputs must be at the same paths on every node")
+    p.add_argument("--actors", type=int, default=None, help="read tasks running at once on the cluster "
+                   "(default 1)")
     p.add_argument("--manifest", metavar="FILE", help=".npy: its JSONL / CSV manifest (default: FILE.jsonl, "
                    ".ndjson or .csv beside it)")
     p.add_argument("--index", metavar="SPEC", help="index kind for a new collection: auto|flat|ivf[N]|ivfsq8|"

@@ -35,3 +35,6 @@ def tiny_siglip_legacy_dir(tiny_siglip_dir, tmp_path_factory):
     from hub_layout import to_legacy_layout
 
     return to_legacy_layout(tiny_siglip_dir, tmp_path_factory.mktemp("siglip_legacy"))
+
+
+from ray_cluster import ray_cluster  # noqa: E402,F401  (a fixture: one Ray cluster per session, for every module)

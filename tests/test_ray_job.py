@@ -9,7 +9,6 @@ import hashlib
 import io
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -17,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import encoders
 from images import random_image
@@ -26,54 +24,8 @@ from indexer.jobs import JobOptions, index_paths
 from indexer.store import Store
 from http_files import Served
 from indexer_helpers import assert_index_matches_catalog
-from parts import unavailable
 from postgres import pg_url, postgres_server  # noqa: F401  (fixtures)
-
-ROOT = Path(__file__).resolve().parents[1]
-NODE = dict(num_cpus=2, object_store_memory=200_000_000)
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    """A head and a worker node (two raylets, both bound to 127.0.0.1) with token auth; yields
-    (cluster, env for drivers). Stopped by the processes' own ids at the end."""
-    token = tmp_path_factory.mktemp("ray") / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "PYTHONPATH")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
-                      PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [saved["PYTHONPATH"]] if p]))
-    try:
-        from ray._raylet import Config
-        from ray.cluster_utils import Cluster
-    except ImportError:
-        _restore(saved)
-        unavailable("ray", 'ray is not installed: pip install -e ".[ray]"')
-    Config.initialize("")  # Ray read RAY_AUTH_MODE when first imported; the nodes started here use the token
-    cluster = None
-    try:
-        cluster = Cluster(initialize_head=True, head_node_args=dict(NODE, include_dashboard=False))
-        cluster.add_node(**NODE)
-        cluster.wait_for_nodes()
-    except Exception as exc:
-        if cluster is not None:
-            cluster.shutdown()
-        _restore(saved)
-        unavailable("ray", f"a Ray cluster could not start here: {type(exc).__name__}: {exc}")
-    env = dict(os.environ)
-    env.pop("RAY_AUTH_MODE")  # the CLI sets it itself when given --ray-address
-    try:
-        yield cluster, env
-    finally:
-        cluster.shutdown()
-        _restore(saved)
-
-
-def _restore(saved: dict) -> None:
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+from ray_cluster import NODE, ROOT
 
 
 def make_inputs(root: Path, n: int) -> dict[str, str]:
@@ -93,7 +45,13 @@ def make_inputs(root: Path, n: int) -> dict[str, str]:
 
 
 def ray_index(cluster, env, folder, model, data_dir, db, *extra, wait=True):
-    cmd = [sys.executable, "-m", "search.cli", "index", str(folder), "--collection", "c", "--model", str(model),
+    return ray_cli("index", cluster, env, [folder], model, data_dir, db, *extra, wait=wait)
+
+
+def ray_cli(command, cluster, env, paths, model, data_dir, db, *extra, wait=True):
+    """`mmsearch index|import PATHS... --engine ray` on the cluster into collection "c": (rc, stdout, stderr), or
+    the running process (its own process group) when not `wait`."""
+    cmd = [sys.executable, "-m", "search.cli", command, *map(str, paths), "--collection", "c", "--model", str(model),
            "--data-dir", str(data_dir), "--engine", "ray", "--ray-address", cluster.address, "--no-progress",
            *(["--db", db] if db else []), *extra]
     proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -114,6 +72,37 @@ def live_rows(store: Store) -> dict[str, object]:
     return by_uri
 
 
+def assert_same_rows(got: dict, expected: dict, fields: tuple[str, ...]) -> None:
+    """The same uris, vectors within 1e-5 and the same `fields` as the single-machine job's rows."""
+    assert set(got) == set(expected)
+    diff = max(float(np.abs(got[u].vector_array() - expected[u].vector_array()).max()) for u in got)
+    assert diff <= 1e-5, diff
+    for uri, row in got.items():
+        assert [getattr(row, f) for f in fields] == [getattr(expected[uri], f) for f in fields], uri
+
+
+def listed_job(env: dict, data_dir, db: str) -> dict:
+    """The one job `mmsearch jobs --json` lists."""
+    listed = subprocess.run([sys.executable, "-m", "search.cli", "jobs", "--data-dir", str(data_dir), "--db", db,
+                             "--json", "--errors", "5"], cwd=str(ROOT), env=env, capture_output=True, text=True,
+                            timeout=120)
+    [row] = json.loads(listed.stdout)
+    return row
+
+
+def committed(store: Store) -> int:
+    """Items of collection "c" in the catalog (0 before it exists)."""
+    found = store.catalog.find_collection("c")
+    return 0 if found is None else store.catalog.count(found.id)
+
+
+def wait_committed(store: Store, driver: subprocess.Popen, at_least: int, deadline: float) -> int:
+    """Wait until collection "c" holds `at_least` items (or the driver ends, or the deadline); their number."""
+    while committed(store) < at_least and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return committed(store)
+
+
 def test_ray_job_equals_the_local_job(ray_cluster, tiny_siglip_dir, pg_url, tmp_path):  # noqa: F811
     cluster, env = ray_cluster
     bad = make_inputs(tmp_path / "in", 24)
@@ -128,12 +117,8 @@ def test_ray_job_equals_the_local_job(ray_cluster, tiny_siglip_dir, pg_url, tmp_
     assert "24 added, 0 updated, 0 skipped, 2 errors" in out
     with Store(tmp_path / "ray", db=pg_url) as store:
         got = live_rows(store)
-        assert set(got) == set(expected)
-        diff = max(float(np.abs(got[u].vector_array() - expected[u].vector_array()).max()) for u in got)
-        assert diff <= 1e-5, diff
-        for uri, row in got.items():
-            assert (row.sha256, row.width, row.height) == (expected[uri].sha256, expected[uri].width,
-                                                           expected[uri].height)
+        assert_same_rows(got, expected, ("sha256", "width", "height"))
+        for row in got.values():
             assert os.path.isfile(os.path.join(store.media_dir, "thumbs", row.sha256[:2], row.sha256 + ".webp"))
         assert_index_matches_catalog(store.collection("c"))
         [job] = store.catalog.list_jobs(store.collection("c").id)
@@ -141,10 +126,7 @@ def test_ray_job_equals_the_local_job(ray_cluster, tiny_siglip_dir, pg_url, tmp_
     assert errors == local_errors and set(errors) == set(bad)
     for name, fragment in bad.items():
         assert fragment in errors[name]
-    listed = subprocess.run([sys.executable, "-m", "search.cli", "jobs", "--data-dir", str(tmp_path / "ray"),
-                             "--db", pg_url, "--json", "--errors", "5"], cwd=str(ROOT), env=env,
-                            capture_output=True, text=True, timeout=120)
-    [row] = json.loads(listed.stdout)
+    row = listed_job(env, tmp_path / "ray", pg_url)
     assert (row["state"], row["engine"], row["added"], row["failed"]) == ("done", "ray", 24, 2)
 
 
@@ -204,21 +186,14 @@ def test_killed_worker_node_and_driver_then_the_same_command_resumes_exactly_onc
             "--commit-every", "2")
     driver = ray_index(*args, wait=False)
     with Store(tmp_path / "d2", db=pg_url) as watcher:
-        def committed() -> int:
-            found = watcher.catalog.find_collection("c")
-            return 0 if found is None else watcher.catalog.count(found.id)
-
         deadline = time.monotonic() + 180
-        while committed() < 10 and driver.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        at_kill = committed()
+        at_kill = wait_committed(watcher, driver, 10, deadline)
         cluster.remove_node(extra, allow_graceful=False)  # the worker node goes away mid-job
-        while committed() < at_kill + 6 and driver.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_committed(watcher, driver, at_kill + 6, deadline)
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)  # and then the driver
         driver.communicate(timeout=60)
-        interrupted = committed()
+        interrupted = committed(watcher)
     assert 10 <= at_kill < n and interrupted < n, (at_kill, interrupted)
 
     rc, out, err = ray_index(*args)
