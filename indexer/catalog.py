@@ -315,6 +315,18 @@ class JobError(Base):
 # ----------------------------------------------------------------------------------------------------------------
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*\Z")  # a key the filter language can name (search/filters.py)
+_KEY_CHECKED: dict = {}  # key -> whether _KEY matches it: rows of a bulk write repeat the same few keys
+
+
+def _filterable_key(key) -> bool:
+    known = _KEY_CHECKED.get(key)
+    if known is None:
+        known = isinstance(key, str) and _KEY.match(key) is not None
+        if len(_KEY_CHECKED) < 65536:
+            _KEY_CHECKED[key] = known
+    return known
+
+
 _INT64 = 1 << 63
 
 
@@ -327,10 +339,18 @@ def meta_entries(meta: dict | None, *, sqlite: bool) -> list[tuple[str, str, obj
     while stack:
         prefix, obj = stack.pop()
         for key, value in obj.items():
-            if not isinstance(key, str) or not _KEY.match(key):
+            if not _filterable_key(key):
                 continue
             path = prefix + key
-            if isinstance(value, bool):
+            kind = type(value)
+            if kind is str:  # the common cases first, by exact type (bulk writes call this for every row)
+                out.append((path, "s", value[:STRING_PREFIX]))
+            elif kind is float:
+                if math.isfinite(value):
+                    out.append((path, "n", value))
+            elif kind is int and (not sqlite or -_INT64 <= value < _INT64):
+                out.append((path, "n", value))
+            elif isinstance(value, bool):
                 out.append((path, "b", int(value)))
             elif isinstance(value, int):
                 # SQLite integers are 64-bit: a larger one is kept as the float it rounds to
