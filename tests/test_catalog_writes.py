@@ -9,29 +9,22 @@ import threading
 
 import numpy as np
 import pytest
-from sqlalchemy import text
-
-from mmsearch.errors import InvalidInput
-from indexer.catalog import database_url
-from indexer.store import Store, UpsertRow
 from indexer_helpers import FakeBinding, assert_index_matches_catalog, clustered
 from postgres import pg_url, postgres_server  # noqa: F401  (fixtures)
+from sqlalchemy import text
+from test_catalog import db_url  # noqa: F401  (fixture: each test on SQLite and on PostgreSQL)
+
+from indexer.store import Store, UpsertRow
+from mmsearch.errors import InvalidInput
 
 DIM = 16
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return database_url(tmp_path / "data")
-    return request.getfixturevalue("pg_url")
 
 
 def _row(uri: str, vec: np.ndarray, sha: str, **kw) -> UpsertRow:
     return UpsertRow(uri=uri, sha256=sha, width=kw.pop("width", 3), height=kw.pop("height", 4), vector=vec, **kw)
 
 
-def test_written_rows_read_back_exactly(db_url, tmp_path):
+def test_written_rows_read_back_exactly(db_url, tmp_path):  # noqa: F811
     vecs = clustered(5, DIM, seed=1)
     meta = {"camera": "nikon", "iso": 200, "exposure": 0.125, "flash": False, "exif": {"lens": "50mm"},
             "tags": ["a", "b"], "big": 2**70, "text": "é ü 中文 \"quoted\" \\ tab\t"}
@@ -60,7 +53,7 @@ def _meta_filter(store, expr):
     return compile_filter(expr, Item, store.catalog.dialect)
 
 
-def test_uri_and_content_rules(db_url, tmp_path):
+def test_uri_and_content_rules(db_url, tmp_path):  # noqa: F811
     """A content already live under another uri is refused (within a batch and across batches); a live uri
     is replaced in place (same id, new vector); a deleted item's content may come back under a new uri."""
     v = clustered(6, DIM, seed=2)
@@ -89,7 +82,7 @@ def test_uri_and_content_rules(db_url, tmp_path):
         assert_index_matches_catalog(coll)
 
 
-def test_a_bad_vector_refuses_the_whole_batch(db_url, tmp_path):
+def test_a_bad_vector_refuses_the_whole_batch(db_url, tmp_path):  # noqa: F811
     v = clustered(3, DIM, seed=3)
     bad = v[1].copy()
     bad[4] = np.nan
@@ -125,7 +118,7 @@ def test_postgres_keeps_vectors_inline_and_uncompressed(pg_url, tmp_path):  # no
         assert_index_matches_catalog(coll)
 
 
-def test_concurrent_writers_and_a_catching_up_reader(db_url, tmp_path):
+def test_concurrent_writers_and_a_catching_up_reader(db_url, tmp_path):  # noqa: F811
     """Writers committing at once (each with its own Store, as separate processes would) and a reader
     catching its index up from the catalog by revision the whole time: when they are done, the reader's
     index holds exactly the catalog's live items, and every commit got its own revision."""
