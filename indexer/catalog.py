@@ -380,6 +380,12 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=60000")
     cur.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages per connection (the default is 2 MiB)
+    # A bulk write dirties one page per random key of each index (sha256, width, height, metadata values):
+    # past 64 MiB SQLite would spill them to the WAL mid-transaction and write them again when touched
+    # again. Dirty pages may take up to ~1 GiB (16 KiB pages) before spilling, so a batch writes each once;
+    # reading connections never dirty pages and keep the 64 MiB above. (Not 65536: SQLite also reads the
+    # value as a boolean, by its low byte, and 65536 would turn spilling off altogether.)
+    cur.execute("PRAGMA cache_spill=65535")
     cur.close()
 
 

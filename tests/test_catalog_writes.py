@@ -14,6 +14,7 @@ from postgres import pg_url, postgres_server  # noqa: F401  (fixtures)
 from sqlalchemy import text
 from test_catalog import db_url  # noqa: F401  (fixture: each test on SQLite and on PostgreSQL)
 
+from indexer.catalog import database_url
 from indexer.store import Store, UpsertRow
 from mmsearch.errors import InvalidInput
 
@@ -169,3 +170,16 @@ def test_concurrent_writers_and_a_catching_up_reader(db_url, tmp_path):  # noqa:
         assert rev == writers * batches  # one revision per commit, none lost or shared
         assert handle.count() == writers * batches * per - writers * (batches // 3)
         assert_index_matches_catalog(handle)
+
+
+def test_sqlite_bulk_writes_keep_their_dirty_pages(tmp_path):
+    """SQLite connections may hold up to 65,535 dirty pages before spilling them mid-transaction (each page
+    of a bulk write goes to the WAL once; spilling stays on, so memory stays bounded), while their cache of
+    read pages stays 64 MiB."""
+    from indexer.catalog import Catalog
+
+    cat = Catalog(database_url(tmp_path / "data"))
+    with cat.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA cache_spill")).scalar() == 65535  # 0 would be: never spill
+        assert conn.execute(text("PRAGMA cache_size")).scalar() == -65536
+    cat.close()
