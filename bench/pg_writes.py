@@ -1,8 +1,12 @@
 """The catalog's write ceiling (issue 14 b): rows/s committed into PostgreSQL by 1, 4 and 16 concurrent writer
-processes, through the bulk job's own commit (indexer/jobs.py `_commit`: `Catalog.write` + `write_rows`,
+processes, through the bulk job's own commit (indexer/jobs.py `commit_batch`: `Catalog.write` + `write_rows`,
 i.e. COPY of items, item_vectors and the metadata index rows in one transaction per `--commit-every` rows).
 
-    python bench/pg_writes.py [--rows 25600] [--rounds 5] [--commit-every 256]
+    python bench/pg_writes.py [--rows 25600] [--rounds 5] [--commit-every 256] [--against CHECKOUT]
+
+`--against` (another checkout of the project, e.g. `git archive` of the commit before a change): every trial
+runs for both, each into its own database (its tables as its own code makes them), the order turning every
+trial, and each writer count gets ours / against per round (harness.paired).
 
 A throwaway PostgreSQL (tests/postgres.py: Debian's binaries, loopback) with PostgreSQL's default durability
 (fsync and synchronous_commit on; `--no-fsync` for the test suite's settings). Rows are 768-d float32 vectors

@@ -21,7 +21,8 @@ revision in `Item.rev`. An index file records the revision it covers (its waterm
 every item row with rev > watermark". Deletes are soft (`deleted=True`, vector and metadata rows removed) so
 that a catch-up sees them; `purge_deleted` drops tombstones that every index has already applied and records
 the revision in `Collection.purged_rev`. Rows are written in bulk (`insert_items`, `update_items`):
-executemany on SQLite, COPY on PostgreSQL, with ids allocated up front.
+executemany on SQLite, COPY on PostgreSQL (binary for items and vectors), with ids allocated up front. On
+PostgreSQL item_vectors keeps vectors in their rows, uncompressed (`_store_vectors_inline`).
 
 SQLite (the default, `DATA_DIR/catalog.db`, WAL mode, PAGE_SIZE pages for new files) and PostgreSQL (any
 SQLAlchemy URL) are supported. The schema version is stored in `mmsearch_meta`; a catalog written by schema
