@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import math
 import os
 import re
@@ -57,6 +58,8 @@ from mmsearch.errors import CatalogError, Conflict, InvalidInput, NotFound
 from indexer import text_index
 from indexer.reads import DriverReads
 from indexer.sqlite_file import check_sqlite_file, create_sqlite_file
+
+log = logging.getLogger("mmsearch.indexer")
 
 SCHEMA_VERSION = 3
 PAGE_SIZE = 16384  # new SQLite catalogs: five 768-d vectors fill a page (4096-byte pages hold one)
@@ -577,8 +580,12 @@ class Catalog:
             with self.translate_errors("cannot upgrade catalog"):
                 self.upgraded_from = run_upgrade(self)
         if self.dialect == "postgresql":
-            with self.translate_errors("cannot open catalog"), self.engine.begin() as conn:
-                _store_vectors_inline(conn)
+            try:
+                with self.engine.begin() as conn:
+                    _store_vectors_inline(conn)
+            except DBAPIError as exc:  # e.g. a role that does not own the table: only write speed is at stake
+                log.warning("catalog %s: could not set item_vectors' storage (%s); vectors are stored as "
+                            "PostgreSQL's defaults say", self.where, database_failure(exc))
 
     def schema_version(self) -> int:
         with self.session() as s:

@@ -183,3 +183,23 @@ def test_sqlite_bulk_writes_keep_their_dirty_pages(tmp_path):
         assert conn.execute(text("PRAGMA cache_spill")).scalar() == 65535  # 0 would be: never spill
         assert conn.execute(text("PRAGMA cache_size")).scalar() == -65536
     cat.close()
+
+
+def test_postgres_catalog_opens_for_a_role_that_cannot_alter_it(pg_url, tmp_path, caplog):  # noqa: F811
+    """Setting item_vectors' storage needs the table's owner; a role with only read and write rights still
+    opens a catalog made without the setting (a warning), and writes through it."""
+    from sqlalchemy.engine import make_url
+
+    with Store(tmp_path / "d", db=pg_url) as store:
+        with store.catalog.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE item_vectors ALTER COLUMN vector SET STORAGE EXTENDED"))
+            conn.execute(text("DROP ROLE IF EXISTS writer_only"))
+            conn.execute(text("CREATE ROLE writer_only LOGIN"))
+            conn.execute(text("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO writer_only"))
+            conn.execute(text("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO writer_only"))
+    as_writer = make_url(pg_url).set(username="writer_only").render_as_string(hide_password=False)
+    with caplog.at_level("WARNING", logger="mmsearch.indexer"), Store(tmp_path / "w", db=as_writer) as store:
+        coll = store.create_collection("c", FakeBinding(dim=DIM), "flat")
+        (item, why), = coll.upsert([_row("/a.jpg", clustered(1, DIM, seed=6)[0], "a" * 64)])
+        assert why is None and coll.count() == 1
+    assert "could not set item_vectors' storage" in caplog.text
