@@ -1,8 +1,12 @@
 """The catalog's write ceiling (issue 14 b): rows/s committed into PostgreSQL by 1, 4 and 16 concurrent writer
-processes, through the bulk job's own commit (indexer/jobs.py `_commit`: `Catalog.write` + `write_rows`,
+processes, through the bulk job's own commit (indexer/jobs.py `commit_batch`: `Catalog.write` + `write_rows`,
 i.e. COPY of items, item_vectors and the metadata index rows in one transaction per `--commit-every` rows).
 
-    python bench/pg_writes.py [--rows 25600] [--rounds 5] [--commit-every 256]
+    python bench/pg_writes.py [--rows 25600] [--rounds 5] [--commit-every 256] [--against CHECKOUT]
+
+`--against` (another checkout of the project, e.g. `git archive` of the commit before a change): every trial
+runs for both, each into its own database (its tables as its own code makes them), the order turning every
+trial, and each writer count gets ours / against per round (harness.paired).
 
 A throwaway PostgreSQL (tests/postgres.py: Debian's binaries, loopback) with PostgreSQL's default durability
 (fsync and synchronous_commit on; `--no-fsync` for the test suite's settings). Rows are 768-d float32 vectors
@@ -15,6 +19,7 @@ and each count's figure is the median over rounds with its min/max. Goal: >= 20,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import sys
 import tempfile
@@ -23,7 +28,7 @@ import time
 import numpy as np
 
 import harness
-from harness import load_average, median, save_json
+from harness import load_average, median, paired, save_json
 
 GOAL = 20_000
 DIM = 768
@@ -64,19 +69,41 @@ def writer(url: str, data_dir: str, collection: str, index: int, count: int, com
         results.put({"start": start, "end": time.perf_counter(), "rows": count, "commit_s": commits})
 
 
-def trial(url: str, data_dir: str, writers: int, rows: int, commit_every: int, name: str) -> dict:
+def create(url: str, data_dir: str, name: str) -> None:
     from indexer.store import Store
 
     with Store.open(data_dir, db=url) as store:
         store.catalog.create_collection(name, encoder_name="bench", encoder_family="siglip", encoder_digest="0" * 64,
                                         dim=DIM, index_spec="flat")
+
+
+@contextlib.contextmanager
+def code_path(code: str | None):
+    """Processes spawned inside import the project from `code` (another checkout), else from this one."""
+    saved = list(sys.path)
+    if code is not None:
+        sys.path.insert(0, code)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def trial(url: str, data_dir: str, writers: int, rows: int, commit_every: int, name: str,
+          code: str | None = None) -> dict:
     ctx = mp.get_context("spawn")
-    ready, results = ctx.Barrier(writers + 1), ctx.Queue()
-    share = rows // writers
-    procs = [ctx.Process(target=writer, args=(url, data_dir, name, i, share, commit_every, name, ready, results))
-             for i in range(writers)]
-    for p in procs:
-        p.start()
+    with code_path(code):  # the collection too: a catalog's table settings are part of what is compared
+        setup = ctx.Process(target=create, args=(url, data_dir, name))
+        setup.start()
+        setup.join(timeout=300)
+        if setup.exitcode != 0:
+            raise RuntimeError(f"creating the collection failed (exit {setup.exitcode})")
+        ready, results = ctx.Barrier(writers + 1), ctx.Queue()
+        share = rows // writers
+        procs = [ctx.Process(target=writer, args=(url, data_dir, name, i, share, commit_every, name, ready, results))
+                 for i in range(writers)]
+        for p in procs:
+            p.start()
     ready.wait(timeout=300)
     out = [results.get(timeout=600) for _ in procs]
     for p in procs:
@@ -85,8 +112,12 @@ def trial(url: str, data_dir: str, writers: int, rows: int, commit_every: int, n
             raise RuntimeError(f"a writer failed (exit {p.exitcode})")
     wall = max(r["end"] for r in out) - min(r["start"] for r in out)
     commits = sorted(c for r in out for c in r["commit_s"])
-    with Store.open(data_dir, db=url) as store:
-        stored = store.catalog.count(store.catalog.get_collection(name).id)
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)  # plain SQL: opening a Catalog of this checkout would change the other's tables
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT live_count FROM collections WHERE name = :n"), {"n": name}).scalar()
+    engine.dispose()
     if stored != share * writers:
         raise RuntimeError(f"{stored} rows stored, {share * writers} written")
     return {"writers": writers, "rows": share * writers, "seconds": round(wall, 3),
@@ -96,8 +127,8 @@ def trial(url: str, data_dir: str, writers: int, rows: int, commit_every: int, n
 
 
 def profile(url: str, data_dir: str, rows: int, commit_every: int) -> dict:
-    """Where one writer's commit time goes: each bulk COPY (by table), the uri/sha probe, id allocation,
-    metadata keys, and the COMMIT itself (its WAL flush), as shares of the wall time."""
+    """Where one writer's commit time goes: each bulk COPY (by table), the text index insert, the uri/sha
+    probe, id allocation, metadata keys, and the COMMIT itself (its WAL flush), as shares of the wall time."""
     import collections
 
     import indexer.catalog as catalog_module
@@ -115,8 +146,9 @@ def profile(url: str, data_dir: str, rows: int, commit_every: int) -> dict:
         return run
 
     saved = {n: getattr(catalog_module.Catalog, n) for n in ("existing_shas", "_new_item_ids", "_key_ids")}
-    insert_rows = catalog_module._insert_rows
+    insert_rows, insert_text = catalog_module._insert_rows, catalog_module.text_index.insert
     catalog_module._insert_rows = timed(lambda conn, dialect, table, *_: f"COPY {table}", insert_rows)
+    catalog_module.text_index.insert = timed("INSERT item_text", insert_text)
     for n, fn in saved.items():
         setattr(catalog_module.Catalog, n, timed(n, fn))
     try:
@@ -133,7 +165,7 @@ def profile(url: str, data_dir: str, rows: int, commit_every: int) -> dict:
                 spent["COMMIT"] += time.perf_counter() - t
             wall = time.perf_counter() - start
     finally:
-        catalog_module._insert_rows = insert_rows
+        catalog_module._insert_rows, catalog_module.text_index.insert = insert_rows, insert_text
         for n, fn in saved.items():
             setattr(catalog_module.Catalog, n, fn)
     shares = {k: round(v / wall, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
@@ -183,6 +215,8 @@ def main() -> int:
     parser.add_argument("--probe", action="store_true", help="only compare the sha probe's two SQL forms "
                                                              "(writes bench/results/pg_probe.json)")
     parser.add_argument("--out", default=None, help="default bench/results/pg_writes.json (pg_probe.json with --probe)")
+    parser.add_argument("--against", metavar="CHECKOUT", help="another checkout of the project (e.g. the commit "
+                        "before a change): every trial runs for both, interleaved, each into its own database")
     args = parser.parse_args()
     args.out = args.out or str(harness.RESULTS / ("pg_probe.json" if args.probe else "pg_writes.json"))
 
@@ -203,29 +237,45 @@ def main() -> int:
             print(result, flush=True)
             save_json(args.out, {"settings": {"durable": not args.no_fsync, "rounds": args.rounds}, "probe": result})
             return 0
+        # each implementation writes into a database of its own (its tables as its code makes them)
+        urls = {"ours": url, **({"against": server.new_database()} if args.against else {})}
+        codes = {"ours": None, "against": args.against}
         for r in range(args.rounds):
             counts = args.writers[r % len(args.writers):] + args.writers[:r % len(args.writers)]
             for n in counts:
-                t = trial(url, data_dir, n, args.rows, args.commit_every, f"r{r}w{n}")
-                t.update(round=r, loadavg=load_average())
-                trials.append(t)
-                print(t, flush=True)
+                for code in (list(urls) if (r + counts.index(n)) % 2 == 0 else list(urls)[::-1]):
+                    t = trial(urls[code], data_dir, n, args.rows, args.commit_every, f"r{r}w{n}", codes[code])
+                    t.update(round=r, code=code, loadavg=load_average())
+                    trials.append(t)
+                    print(t, flush=True)
         prof = profile(url, data_dir, min(args.rows, 5120), args.commit_every)
         print("one writer, where the time goes:", prof, flush=True)
     finally:
         server.stop()
-    summary = {}
+    summary, against = {}, {}
     for n in args.writers:
-        rates = [t["rows_per_s"] for t in trials if t["writers"] == n]
+        mine = [t for t in trials if t["writers"] == n and t["code"] == "ours"]
+        rates = [t["rows_per_s"] for t in mine]
         summary[str(n)] = {"rows_per_s_median": round(median(rates)), "min": min(rates), "max": max(rates),
                            "rounds": len(rates), "goal": GOAL, "met": median(rates) >= GOAL}
         print(f"{n:3d} writers: {median(rates):8.0f} rows/s  [{min(rates)}-{max(rates)}]  "
               f"{'met' if median(rates) >= GOAL else 'MISSED'} (goal {GOAL})")
+        if args.against:
+            theirs = [t for t in trials if t["writers"] == n and t["code"] == "against"]
+            other = [t["rows_per_s"] for t in theirs]
+            # per round: ours rows/s over theirs (same rows, so their seconds the other way round)
+            ratio = paired([t["seconds"] for t in mine], [t["seconds"] for t in theirs])
+            against[str(n)] = {"rows_per_s_median": round(median(other)), "min": min(other), "max": max(other),
+                               "ours_over_against": ratio}
+            print(f"     against {args.against}: {median(other):8.0f} rows/s  [{min(other)}-{max(other)}]; "
+                  f"ours/against {ratio['median']} ({ratio['min']}-{ratio['max']})")
     save_json(args.out, {"settings": {"rows_per_trial": args.rows, "commit_every": args.commit_every, "dim": DIM,
                                       "meta_keys": 5, "durable": not args.no_fsync, "rounds": args.rounds,
                                       "postgres": bin_dir},
                          "machine": {"cpus": __import__("os").cpu_count(), "loadavg_before": before},
-                         "summary": summary, "profile_one_writer": prof, "trials": trials})
+                         "summary": summary, **({"against": {"code": args.against, "summary": against}}
+                                                if args.against else {}),
+                         "profile_one_writer": prof, "trials": trials})
     return 0
 
 

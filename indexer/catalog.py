@@ -21,7 +21,8 @@ revision in `Item.rev`. An index file records the revision it covers (its waterm
 every item row with rev > watermark". Deletes are soft (`deleted=True`, vector and metadata rows removed) so
 that a catch-up sees them; `purge_deleted` drops tombstones that every index has already applied and records
 the revision in `Collection.purged_rev`. Rows are written in bulk (`insert_items`, `update_items`):
-executemany on SQLite, COPY on PostgreSQL, with ids allocated up front.
+executemany on SQLite, COPY on PostgreSQL (binary for items and vectors), with ids allocated up front. On
+PostgreSQL item_vectors keeps vectors in their rows, uncompressed (`_store_vectors_inline`).
 
 SQLite (the default, `DATA_DIR/catalog.db`, WAL mode, PAGE_SIZE pages for new files) and PostgreSQL (any
 SQLAlchemy URL) are supported. The schema version is stored in `mmsearch_meta`; a catalog written by schema
@@ -34,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import math
 import os
 import re
@@ -56,6 +58,8 @@ from mmsearch.errors import CatalogError, Conflict, InvalidInput, NotFound
 from indexer import text_index
 from indexer.reads import DriverReads
 from indexer.sqlite_file import check_sqlite_file, create_sqlite_file
+
+log = logging.getLogger("mmsearch.indexer")
 
 SCHEMA_VERSION = 3
 PAGE_SIZE = 16384  # new SQLite catalogs: five 768-d vectors fill a page (4096-byte pages hold one)
@@ -149,6 +153,11 @@ class Item(Base):
 
 
 ITEM_INDEXES_V2 = ("ix_items_width", "ix_items_height", "ix_items_created")
+# insert_items' COPY of items rows on PostgreSQL: the columns and their types (a binary COPY)
+ITEM_COPY_COLUMNS = ("id", "collection_id", "uri", "sha256", "width", "height", "caption", "meta", "created",
+                     "updated", "deleted", "rev")
+ITEM_COPY_TYPES = ("int8", "int8", "text", "varchar", "int4", "int4", "text", "jsonb", "timestamp", "timestamp",
+                   "bool", "int8")
 
 
 class ItemVector(Base):
@@ -310,6 +319,18 @@ class JobError(Base):
 # ----------------------------------------------------------------------------------------------------------------
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*\Z")  # a key the filter language can name (search/filters.py)
+_KEY_CHECKED: dict = {}  # key -> whether _KEY matches it: rows of a bulk write repeat the same few keys
+
+
+def _filterable_key(key) -> bool:
+    known = _KEY_CHECKED.get(key)
+    if known is None:
+        known = isinstance(key, str) and _KEY.match(key) is not None
+        if len(_KEY_CHECKED) < 65536:
+            _KEY_CHECKED[key] = known
+    return known
+
+
 _INT64 = 1 << 63
 
 
@@ -322,10 +343,18 @@ def meta_entries(meta: dict | None, *, sqlite: bool) -> list[tuple[str, str, obj
     while stack:
         prefix, obj = stack.pop()
         for key, value in obj.items():
-            if not isinstance(key, str) or not _KEY.match(key):
+            if not _filterable_key(key):
                 continue
             path = prefix + key
-            if isinstance(value, bool):
+            kind = type(value)
+            if kind is str:  # the common cases first, by exact type (bulk writes call this for every row)
+                out.append((path, "s", value[:STRING_PREFIX]))
+            elif kind is float:
+                if math.isfinite(value):
+                    out.append((path, "n", value))
+            elif kind is int and (not sqlite or -_INT64 <= value < _INT64):
+                out.append((path, "n", value))
+            elif isinstance(value, bool):
                 out.append((path, "b", int(value)))
             elif isinstance(value, int):
                 # SQLite integers are 64-bit: a larger one is kept as the float it rounds to
@@ -355,6 +384,12 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=60000")
     cur.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages per connection (the default is 2 MiB)
+    # A bulk write dirties one page per random key of each index (sha256, width, height, metadata values):
+    # past 64 MiB SQLite would spill them to the WAL mid-transaction and write them again when touched
+    # again. Dirty pages may take up to ~1 GiB (16 KiB pages) before spilling, so a batch writes each once;
+    # reading connections never dirty pages and keep the 64 MiB above. (Not 65536: SQLite also reads the
+    # value as a boolean, by its low byte, and 65536 would turn spilling off altogether.)
+    cur.execute("PRAGMA cache_spill=65535")
     cur.close()
 
 
@@ -529,6 +564,7 @@ class Catalog:
                     Base.metadata.create_all(conn)
                     text_index.create(conn, self.dialect)
                     conn.execute(MetaEntry.__table__.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+                    _store_vectors_inline(conn)
                     return
                 row = conn.execute(select(MetaEntry.value).where(MetaEntry.key == "schema_version")).scalar()
         version = _schema_version(row, where)
@@ -543,6 +579,13 @@ class Catalog:
 
             with self.translate_errors("cannot upgrade catalog"):
                 self.upgraded_from = run_upgrade(self)
+        if self.dialect == "postgresql":
+            try:
+                with self.engine.begin() as conn:
+                    _store_vectors_inline(conn)
+            except DBAPIError as exc:  # e.g. a role that does not own the table: only write speed is at stake
+                log.warning("catalog %s: could not set item_vectors' storage (%s); vectors are stored as "
+                            "PostgreSQL's defaults say", self.where, database_failure(exc))
 
     def schema_version(self) -> int:
         with self.session() as s:
@@ -897,16 +940,16 @@ class Catalog:
         conn = s.connection()
         ids = self._new_item_ids(conn, len(items))
         stamp = self._datetime_param(now or utcnow())
-        dumps = json.dumps
         pg = self.dialect == "postgresql"
+        # PostgreSQL's binary COPY takes the metadata object (psycopg dumps it); SQLite stores JSON text
+        dumps = (lambda meta: meta or {}) if pg else (lambda meta: json.dumps(meta or {}))
         deleted = False if pg else 0
-        _insert_rows(conn, self.dialect, "items",
-                     ("id", "collection_id", "uri", "sha256", "width", "height", "caption", "meta", "created",
-                      "updated", "deleted", "rev"),
+        _insert_rows(conn, self.dialect, "items", ITEM_COPY_COLUMNS,
                      [(i, collection_id, it.uri, it.sha256, int(it.width), int(it.height), it.caption,
-                       dumps(it.meta or {}), stamp, stamp, deleted, rev) for i, it in zip(ids, items)])
+                       dumps(it.meta), stamp, stamp, deleted, rev) for i, it in zip(ids, items)],
+                     pg_types=ITEM_COPY_TYPES)
         _insert_rows(conn, self.dialect, "item_vectors", ("item_id", "vector"),
-                     [(i, it.vector) for i, it in zip(ids, items)])
+                     [(i, it.vector) for i, it in zip(ids, items)], pg_types=("int8", "bytea"))
         self._index_meta(conn, collection_id, [(i, it.meta) for i, it in zip(ids, items)])
         fields = self._text_fields(conn, collection_id)
         text_index.insert(conn, self.dialect, collection_id,
@@ -1122,8 +1165,12 @@ def _unpack(rows: list[tuple], dim: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return ids, dead, vecs
 
 
-def _insert_rows(conn, dialect: str, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
-    """Bulk insert: one executemany on SQLite, COPY on PostgreSQL (both on the caller's transaction)."""
+def _insert_rows(conn, dialect: str, table: str, columns: Sequence[str], rows: list[tuple],
+                 pg_types: Sequence[str] | None = None) -> None:
+    """Bulk insert: one executemany on SQLite, COPY on PostgreSQL (both on the caller's transaction).
+    `pg_types` (PostgreSQL type names of the columns): a binary COPY, which sends a vector as its 3 KB
+    of bytes rather than 6 KB of hex text for the server to parse (its rows: Python values of those types;
+    `numeric` has no binary dumper for floats, so the metadata tables go as text)."""
     if not rows:
         return
     names = ", ".join(columns)
@@ -1131,14 +1178,37 @@ def _insert_rows(conn, dialect: str, table: str, columns: Sequence[str], rows: l
         conn.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})", rows)
         return
     raw = conn.connection.dbapi_connection
-    statement = f"COPY {table} ({names}) FROM STDIN"
+    statement = f"COPY {table} ({names}) FROM STDIN" + (" (FORMAT BINARY)" if pg_types else "")
     dbapi = conn.dialect.loaded_dbapi
     try:
         with raw.cursor() as cur, cur.copy(statement) as copy:
+            if pg_types:
+                copy.set_types(list(pg_types))
             for row in rows:
                 copy.write_row(row)
     except dbapi.Error as exc:  # as SQLAlchemy raises it, so an IntegrityError is one here too
         raise DBAPIError.instance(statement, None, exc, dbapi.Error, dialect=conn.dialect) from None
+
+
+# PostgreSQL keeps a vector (3 KB at 768-d) in the item_vectors row, uncompressed: by default a value over
+# ~2 KB is first run through pglz (random floats never compress) and then moved out of line into the TOAST
+# table (a second heap and index insert per vector), the largest single cost of a bulk commit. EXTERNAL: never
+# compressed; a target of 8160 bytes (the most a page takes): moved out of line only when a row would not fit.
+_VECTOR_STORAGE = ("ALTER TABLE item_vectors ALTER COLUMN vector SET STORAGE EXTERNAL",
+                   "ALTER TABLE item_vectors SET (toast_tuple_target = 8160)")
+
+
+def _store_vectors_inline(conn) -> None:
+    """Set item_vectors' storage (above) on PostgreSQL, when a catalog does not have it yet (new catalogs and
+    ones made before: it applies to rows written from then on). A no-op on SQLite."""
+    if conn.dialect.name != "postgresql":
+        return
+    found = conn.exec_driver_sql(
+        "SELECT a.attstorage, c.reloptions FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "WHERE a.attrelid = to_regclass('item_vectors') AND a.attname = 'vector'").first()
+    if found is not None and (found[0] != "e" or "toast_tuple_target=8160" not in (found[1] or [])):
+        for statement in _VECTOR_STORAGE:
+            conn.exec_driver_sql(statement)
 
 
 def _schema_version(row, where: str) -> int:

@@ -574,7 +574,9 @@ def _put_until(q, item, stop: threading.Event) -> None:
 
 @dataclass
 class ImportOptions:
-    batch_size: int = 10_000  # rows per catalog transaction
+    # rows per catalog transaction: the indexes on random keys (sha256, width, metadata values) cost a page
+    # written per key and commit, so at millions of items larger commits write far less per row
+    batch_size: int = 50_000
     update: bool = False  # replace items whose uri is already in the collection (else they are skipped)
     progress: bool = False
     vector_column: str | None = None  # parquet: the vector column, when there are several

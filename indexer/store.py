@@ -297,12 +297,7 @@ class CollectionHandle:
         """Inside a `catalog.write` transaction: insert / replace rows. Returns ([(id, "added" | "updated" |
         "duplicate")], ids written, their vectors) — the last two go to `apply_commit` after the commit.
         A row whose uri an earlier row of the batch wrote replaces that one."""
-        vectors = []
-        for row in rows:
-            vec = np.asarray(row.vector, dtype="<f4")
-            if vec.shape != (self.dim,) or not np.isfinite(vec).all():
-                raise InvalidInput(f"{row.uri}: vector must be {self.dim} finite floats, got shape {vec.shape}")
-            vectors.append(vec)
+        vectors = self._checked_vectors(rows)
         catalog = self.catalog
         # What a uri / a sha256 belongs to: ("id", item id) for stored items, ("new", i) for inserts[i].
         owner = {sha: ("id", i) for sha, i in catalog.existing_shas(s, self.id, [r.sha256 for r in rows]).items()}
@@ -311,13 +306,14 @@ class CollectionHandle:
         inserts: list[NewItem] = []
         updates: dict[int, NewItem] = {}
         plan: list[tuple[tuple[str, int], str]] = []
-        for r, vec in zip(rows, vectors):
+        size = 4 * self.dim
+        for at, r in enumerate(rows):
             to, held = target.get(r.uri), owner.get(r.sha256)
             if held is not None and held != to:
                 plan.append((held, "duplicate"))
                 continue
             item = NewItem(uri=r.uri, sha256=r.sha256, width=int(r.width), height=int(r.height),
-                           vector=vec.tobytes(), meta=r.meta, caption=r.caption)
+                           vector=vectors[at * size:(at + 1) * size], meta=r.meta, caption=r.caption)
             if to is None:
                 to = target[r.uri] = ("new", len(inserts))
                 inserts.append(item)
@@ -341,6 +337,23 @@ class CollectionHandle:
         vecs = (np.frombuffer(b"".join(it.vector for it in written), dtype="<f4").reshape(len(ids), self.dim)
                 .astype(np.float32) if written else np.zeros((0, self.dim), np.float32))
         return result, ids, vecs
+
+    def _checked_vectors(self, rows: list[UpsertRow]) -> bytes:
+        """The rows' vectors as one float32 little-endian buffer (row i at 4 * dim * i), checked in one pass:
+        InvalidInput names the first row whose vector is not `dim` finite floats."""
+        if not rows:
+            return b""
+        try:
+            matrix = np.stack([np.asarray(r.vector, dtype="<f4") for r in rows])
+        except (ValueError, TypeError):  # ragged shapes: find the row below
+            matrix = None
+        if matrix is not None and matrix.shape == (len(rows), self.dim) and np.isfinite(matrix).all():
+            return matrix.tobytes()
+        for row in rows:
+            vec = np.asarray(row.vector, dtype="<f4")
+            if vec.shape != (self.dim,) or not np.isfinite(vec).all():
+                raise InvalidInput(f"{row.uri}: vector must be {self.dim} finite floats, got shape {vec.shape}")
+        raise InvalidInput(f"vectors must be {self.dim} finite floats")  # not reached: some row failed above
 
     def delete(self, *, ids: Iterable[int] | None = None, uris: Iterable[str] | None = None, where=None) -> int:
         """Soft-delete live items by id, by uri and/or by a filter (an ItemFilter from search/filters.py,

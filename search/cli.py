@@ -463,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collection", required=True)
     p.add_argument("--model", help="the encoder the vectors were made with (needed when the collection is new; "
                    "its dim must match, text queries use it)")
-    p.add_argument("--batch", type=int, default=10_000, metavar="N", help="rows per catalog transaction")
+    p.add_argument("--batch", type=int, default=50_000, metavar="N",
+                   help="rows per catalog transaction")
     p.add_argument("--update", action="store_true", help="replace items whose uri is already in the collection "
                    "(default: skip them, so a rerun resumes)")
     p.add_argument("--vector-column", metavar="NAME", help="parquet: the vector column, when there are several")
