@@ -132,7 +132,7 @@ def import_cli(model: Path, layout: Path, data: Path, db: str | None) -> dict:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"import failed: {proc.stderr[-2000:]}")
-    m = re.search(r"(\d+) added.* in ([\d.]+)s \(([\d,]+) rows/s\), then the index in ([\d.]+)s", proc.stdout)
+    m = re.search(r"(\d+) added.* in ([\d.]+)s \(([\d,]+) rows/s\)?, then the index in ([\d.]+)s", proc.stdout)
     added, write_s, index_s = int(m.group(1)), float(m.group(2)), float(m.group(4))
     return {"command": " ".join(["mmsearch"] + cmd[3:]), "added": added, "import_s": round(write_s, 1),
             "import_rows_per_s": round(added / write_s), "index_build_s": round(index_s, 1),
