@@ -267,10 +267,11 @@ class CollectionHandle:
             raise InvalidInput("query vectors contain NaN or infinity")
         q = normalize_rows(q)
         allowed = None
-        if where is not None:
-            allowed = self.catalog.select_ids(self.id, where)
+        if where is not None:  # tombstones among the ids are fine: the index, caught up below, dropped them
+            allowed = self.catalog.select_ids(self.id, where, tombstones=True)
         if ids is not None:
-            given = np.fromiter((int(i) for i in ids), dtype=np.int64)
+            given = (ids.astype(np.int64, copy=False) if isinstance(ids, np.ndarray)
+                     else np.fromiter((int(i) for i in ids), dtype=np.int64))
             allowed = given if allowed is None else np.intersect1d(allowed, given)
         index = self.refresh(revision)  # after selecting: every allowed id committed so far is in the index
         scores, found = index.search(q, k, allowed=allowed, nprobe=nprobe, ef=ef)

@@ -401,7 +401,8 @@ class Searcher:
             return hits, "none"
         where = filters.to_sql(where_ast, Item, handle.catalog.dialect)
         t = time.perf_counter()
-        ids = handle.catalog.select_ids(handle.id, where, limit=self.selector_max_ids + 1)
+        # tombstones among the ids are fine: handle.search keeps the ids its (caught up) index holds
+        ids = handle.catalog.select_ids(handle.id, where, limit=self.selector_max_ids + 1, tombstones=True)
         timing["filter_ms"] += _ms(t)
         if len(ids) <= self.selector_max_ids:
             t = time.perf_counter()

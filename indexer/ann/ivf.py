@@ -19,6 +19,8 @@ from mmsearch.errors import InvalidInput
 from indexer.ann.base import VectorIndex
 from indexer.ann.spec import default_nprobe
 
+IVF_EXACT_MAX = 1_024  # allowed ids scored exactly; above, a pass under a bitmap (base.py: _filtered)
+
 
 class IVFIndex(VectorIndex):
     kind = "ivf"
@@ -68,6 +70,24 @@ class IVFIndex(VectorIndex):
 
     def _search_params(self, k, nprobe, ef):
         return faiss.SearchParametersIVF(nprobe=nprobe or self.ivf.nprobe)
+
+    def _exact_max(self) -> int:
+        # vectors by id come through the direct map one at a time (float kinds) or from the catalog
+        # (compressed ones): slower than a pass under a bitmap beyond about a thousand ids
+        return IVF_EXACT_MAX
+
+    def _filtered_effort(self, share, k, nprobe, ef):
+        """As many allowed vectors scanned as an unrestricted search scans vectors: nprobe / share lists;
+        all of them (an exhaustive scan of the allowed ids, exact for ivf) once the share is below
+        nprobe / nlist."""
+        nlist = self.ivf.nlist
+        return min(nlist, int(np.ceil((nprobe or self.ivf.nprobe) / share))), ef
+
+    def _exhaustive(self, queries, k, sel, allowed):
+        scores, ids = self._shortlist(queries, k, sel, self.ivf.nlist, None)
+        if (ids < 0).any():  # fewer than k allowed, or (compressed) some deleted since the catalog read
+            return super()._exhaustive(queries, k, sel, allowed)
+        return scores, ids
 
     def tuning(self) -> dict:
         return {"nprobe": int(self.ivf.nprobe)}
