@@ -20,7 +20,7 @@ from search.filters import compile_filter
 DIM = 32
 N = 6_000
 KINDS = ["flat", "ivf", "ivfsq8", "ivfsq16", "ivfpq", "hnsw", "hnswsq8"]
-# thresholds made small so that sets on both sides of each fit this collection
+# thresholds made small so that sets on both sides of each fit this collection (compressed ivf*: k * refine)
 IVF_EXACT, FETCH_EXACT, FLOAT_EXACT = 100, 200, 300
 
 
@@ -64,7 +64,7 @@ def test_every_strategy_returns_the_brute_force_top_k(kind, data, small_threshol
     index.remove(gone)
     live = np.setdiff1d(ids, gone)
     sizes = [5, IVF_EXACT - 1, IVF_EXACT + 1, FETCH_EXACT - 1, FETCH_EXACT + 1, FLOAT_EXACT - 1, FLOAT_EXACT + 1,
-             1_500, 5_000]
+             1_500, 5_000] + ([10 * index.refine - 1, 10 * index.refine + 1] if index.compressed else [])
     for size in sizes:
         chosen = rng.choice(live, size, replace=False)
         allowed = np.concatenate([chosen, gone[:50], chosen[:20]])  # deleted and repeated ids are ignored

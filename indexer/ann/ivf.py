@@ -71,9 +71,11 @@ class IVFIndex(VectorIndex):
     def _search_params(self, k, nprobe, ef):
         return faiss.SearchParametersIVF(nprobe=nprobe or self.ivf.nprobe)
 
-    def _exact_max(self) -> int:
-        # vectors by id come through the direct map one at a time (float kinds) or from the catalog
-        # (compressed ones): slower than a pass under a bitmap beyond about a thousand ids
+    def _exact_max(self, k: int) -> int:
+        # float vectors by id come through the direct map one at a time: slower than a pass under a bitmap
+        # beyond about a thousand ids; compressed kinds read them from the catalog, where a pass reads k * refine
+        if self.compressed and self.vector_source is not None:
+            return k * self.refine
         return IVF_EXACT_MAX
 
     def _filtered_effort(self, share, k, nprobe, ef):
