@@ -270,3 +270,36 @@ def test_memory_mapped_open_keeps_the_codes_out_of_process_memory(kind, tmp_path
                                      capture_output=True, text=True, timeout=120).stdout.split()[-1])
             for mode in ("mmap", "read")}
     assert grew["read"] > 0.8 * payload_kb and grew["mmap"] < 0.2 * payload_kb, (payload_kb, grew)
+
+
+def test_close_abandons_a_background_rebuild_within_its_bound(tmp_path, monkeypatch):
+    """A store closing (a server told to stop) does not wait for a background rebuild to finish: the rebuild
+    stops at its next catalog page, swaps and saves nothing, and the index in use is what is saved."""
+    from indexer import store as store_module
+
+    monkeypatch.setattr(ann_spec, "AUTO_FLAT_MAX", 1000)
+    monkeypatch.setattr(store_module, "CLOSE_REBUILD_WAIT_S", 5.0)
+    store = Store(tmp_path / "data")
+    coll = store.create_collection("c", FakeBinding(dim=DIM))
+    x = clustered(1500, DIM, seed=53)
+    rows = [UpsertRow(uri=f"mem://{i}", sha256=f"{i:064x}", width=1, height=1, vector=v) for i, v in enumerate(x)]
+    coll.upsert(rows[:700])
+    real_all_live = store.catalog.all_live
+    paging = threading.Event()
+
+    def slow_pages(cid, **kw):  # a build that would take minutes: one page of 10 rows a second
+        for page in real_all_live(cid, chunk=10):
+            if threading.current_thread() is coll._rebuilding:
+                paging.set()
+                time.sleep(1.0)
+            yield page
+
+    monkeypatch.setattr(store.catalog, "all_live", slow_pages)
+    coll.upsert(rows[700:])  # past the flat limit: a rebuild starts on a thread
+    assert paging.wait(10)
+    thread = coll._rebuilding
+    t0 = time.perf_counter()
+    store.close()
+    assert time.perf_counter() - t0 < 4.0 and not thread.is_alive()
+    header = VectorIndex.read_header(store.index_path("c"))
+    assert header["spec"] == "flat" and header["ntotal"] == 1500  # the index in use, saved on close
