@@ -303,3 +303,35 @@ def test_close_abandons_a_background_rebuild_within_its_bound(tmp_path, monkeypa
     assert time.perf_counter() - t0 < 4.0 and not thread.is_alive()
     header = VectorIndex.read_header(store.index_path("c"))
     assert header["spec"] == "flat" and header["ntotal"] == 1500  # the index in use, saved on close
+
+
+def test_first_write_to_a_mapped_ivf_index_copies_its_lists_once(tmp_path):
+    """The first write to a memory-mapped ivf index copies the lists into memory once, and the mapping goes:
+    peak RSS about twice the payload (mapped pages read + the copy), not three times (through a serialized
+    copy of the whole index), and afterwards one copy."""
+    import subprocess
+    import sys
+
+    x = clustered(25_000, 1024, seed=61)  # a 100 MB payload
+    index = VectorIndex.empty(IndexSpec.parse("ivf64"), 1024, x[:5000], n_hint=len(x))
+    index.add(np.arange(len(x)), x)
+    path = tmp_path / "c.faiss"
+    index.save(str(path), {})
+    payload = sum(p.stat().st_size for p in tmp_path.glob("*.payload"))
+    code = ("import numpy as np\n"
+            "from indexer.ann import VectorIndex\n"
+            "def mem():\n"
+            "    return {l.split(':')[0]: int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('Vm')}\n"
+            f"ix, _ = VectorIndex.load({str(path)!r})\n"
+            "ix.search(np.ones((1, 1024), np.float32), 1, nprobe=64)  # every list read once, as serving does\n"
+            "before = mem()\n"
+            "v = np.zeros((1, 1024), np.float32); v[0, 0] = 1\n"
+            "ix.add(np.array([10**6]), v)\n"
+            "after = mem()\n"
+            "assert ix.mapped_from is None and ix.ntotal == 25001\n"
+            "print(after['VmHWM'] - before['VmRSS'], after['VmRSS'] - before['VmRSS'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert out.returncode == 0, out.stderr[-2000:]
+    peak, kept = (int(v) for v in out.stdout.split()[-2:])
+    assert peak < 1.5 * payload and kept < 0.5 * payload, (peak, kept, payload)

@@ -181,9 +181,15 @@ class VectorIndex:
         the payload into memory before the first write."""
         if self.mapped_from is None:
             return
-        self.index = faiss.deserialize_index(faiss.serialize_index(self.index))  # an owned copy of the mapped one
+        self._own_payload()
         self.mapped_from = None
         self.tune(self._tuned)
+
+    def _own_payload(self) -> None:
+        """An owned copy of the mapped index. FAISS copies (clone_index) keep viewing the mapping, so this
+        goes through a serialized copy: the whole index twice in memory for a moment (flat and hnsw*, which
+        `auto` keeps small; ivf* copy their lists instead, ivf.py)."""
+        self.index = faiss.deserialize_index(faiss.serialize_index(self.index))
 
     # ---- search ---------------------------------------------------------------------------------------------
 
