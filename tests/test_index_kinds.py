@@ -185,14 +185,20 @@ def test_auto_follows_the_memory_budget_in_the_store(tmp_path):
         assert coll.maybe_retrain() and coll.index.spec.kind == "flat"
 
 
-def test_upsert_rechooses_in_the_background_without_blocking_search(tmp_path, monkeypatch):
+def _flat_near_its_limit(tmp_path, monkeypatch, seed):
+    """An auto collection of 700 items (flat) whose next 700 upserts start a background rebuild (ivf)."""
     monkeypatch.setattr(ann_spec, "AUTO_FLAT_MAX", 1000)
     store = Store(tmp_path / "data")
     coll = store.create_collection("c", FakeBinding(dim=DIM))
-    x = clustered(1500, DIM, seed=51)
+    x = clustered(1500, DIM, seed=seed)
     rows = [UpsertRow(uri=f"mem://{i}", sha256=f"{i:064x}", width=1, height=1, vector=v) for i, v in enumerate(x)]
     coll.upsert(rows[:700])
     assert coll.index.spec.kind == "flat" and coll._rebuilding is None
+    return store, coll, x, rows
+
+
+def test_upsert_rechooses_in_the_background_without_blocking_search(tmp_path, monkeypatch):
+    store, coll, x, rows = _flat_near_its_limit(tmp_path, monkeypatch, 51)
 
     release, building = threading.Event(), threading.Event()
     real_build = type(coll)._build
@@ -277,13 +283,8 @@ def test_close_abandons_a_background_rebuild_within_its_bound(tmp_path, monkeypa
     stops at its next catalog page, swaps and saves nothing, and the index in use is what is saved."""
     from indexer import store as store_module
 
-    monkeypatch.setattr(ann_spec, "AUTO_FLAT_MAX", 1000)
     monkeypatch.setattr(store_module, "CLOSE_REBUILD_WAIT_S", 5.0)
-    store = Store(tmp_path / "data")
-    coll = store.create_collection("c", FakeBinding(dim=DIM))
-    x = clustered(1500, DIM, seed=53)
-    rows = [UpsertRow(uri=f"mem://{i}", sha256=f"{i:064x}", width=1, height=1, vector=v) for i, v in enumerate(x)]
-    coll.upsert(rows[:700])
+    store, coll, _x, rows = _flat_near_its_limit(tmp_path, monkeypatch, 53)
     real_all_live = store.catalog.all_live
     paging = threading.Event()
 
