@@ -134,3 +134,26 @@ def test_store_filters_skip_deleted_items_whoever_deleted_them(tmp_path, kind, s
         exact = len(chosen) <= IVF_EXACT or kind == "ivf" and _exhaustive(coll.index, len(chosen) / 1500)
         assert recall >= (1.0 if exact else 0.95), (expr, recall)
     store.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_id_caches_follow_writes_in_place(kind, data):
+    """Writes update the sorted ids and the membership mask the filtered path reads, instead of dropping
+    them; after any mix of adds, replacements, removals and re-adds they equal what a fresh listing gives."""
+    x, ids, q = data
+    index = _build(kind, x[:3000], ids[:3000])
+    rng = np.random.default_rng(9)
+    index.search(q[:1], 10, allowed=ids[:500])  # builds the caches
+    for step in range(6):
+        gone = rng.choice(index.ids(), 200, replace=False)
+        index.remove(gone)
+        fresh = ids[3000 + 100 * step: 3100 + 100 * step]  # new ids, past the mask's end
+        again = gone[:50]  # removed ones come back (HNSW: tombstones revived)
+        both = np.concatenate([fresh, again, index.ids()[:20]])  # ... beside replacements
+        index.add(both, x[(both - 3) // 2])
+        cached_ids, cached_mask = index.ids().copy(), index._member_mask().copy()
+        index._ids_cache = index._mask_cache = None
+        np.testing.assert_array_equal(cached_ids, index.ids())
+        np.testing.assert_array_equal(cached_mask[:len(index._member_mask())], index._member_mask())
+        assert not cached_mask[len(index._member_mask()):].any()
+        assert len(index.ids()) == index.ntotal

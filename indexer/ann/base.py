@@ -146,8 +146,9 @@ class VectorIndex:
             raise InvalidInput(f"vectors have shape {vectors.shape}, index expects ({len(ids)}, {self.dim})")
         with self._lock:
             self._writable()
-            self._add(ids, vectors, self._present(ids))
-            self._changed()
+            present = self._present(ids)
+            self._add(ids, vectors, present)
+            self._changed(added=np.setdiff1d(ids, present))
 
     def _add(self, ids: np.ndarray, vectors: np.ndarray, present: np.ndarray) -> None:
         if len(present):
@@ -163,7 +164,7 @@ class VectorIndex:
                 return 0
             self._writable()
             self._remove(ids)
-            self._changed()
+            self._changed(removed=ids)
             return len(ids)
 
     def _remove(self, ids: np.ndarray) -> None:
@@ -172,9 +173,27 @@ class VectorIndex:
     def _remove_ids(self, ids: np.ndarray) -> None:
         self.index.remove_ids(faiss.IDSelectorBatch(ids))
 
-    def _changed(self) -> None:
-        self._ids_cache = self._mask_cache = None
+    def _changed(self, *, added: np.ndarray | None = None, removed: np.ndarray | None = None) -> None:
+        """After a write of `added` ids (new to the index; sorted, distinct) or a removal of `removed` ones
+        (present; sorted, distinct): the id caches follow in place, so the next filtered search does not
+        list the whole index again (1M ids: a walk of every list and a sort)."""
         self._gpu_stale = True
+        have, mask = self._ids_cache, self._mask_cache
+        if have is None:
+            return
+        if added is not None and len(added):
+            self._ids_cache = np.insert(have, np.searchsorted(have, added), added)
+            if mask is not None:
+                if added[-1] >= len(mask):
+                    if added[-1] + 1 > MASK_SPARSITY * len(self._ids_cache) + (1 << 20):
+                        self._mask_cache = None  # rebuilt (or refused) on next use
+                        return
+                    mask = self._mask_cache = np.concatenate([mask, np.zeros(int(added[-1]) + 1 - len(mask), bool)])
+                mask[added] = True
+        if removed is not None and len(removed):
+            self._ids_cache = np.delete(have, np.searchsorted(have, removed))
+            if mask is not None:
+                mask[removed] = False
 
     def _writable(self) -> None:
         """A memory-mapped index is read-only (FAISS aborts the process on a write to a mapped vector): read

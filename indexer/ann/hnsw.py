@@ -69,6 +69,7 @@ class HNSWIndex(VectorIndex):
             fresh.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), keep_ids)
         self.index = fresh.index
         self._dead.clear()
+        self._ids_cache = self._mask_cache = None  # a source may have lacked some (deleted meanwhile): list again
 
     def _search_params(self, k, nprobe, ef):
         return faiss.SearchParametersHNSW(efSearch=max(ef or self.hnsw.efSearch, k))
