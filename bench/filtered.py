@@ -42,17 +42,19 @@ def main() -> None:
     ap.add_argument("--baseline", required=True, help="a checkout of the code to compare with")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--queries", type=int, default=30, help="per filter (scale.py's --filtered-queries)")
+    ap.add_argument("--only", help="comma-separated filter names of scale.py (e.g. tag=many,width>=9000)")
     ap.add_argument("--out", default=str(harness.RESULTS / "filtered_ab.json"))
     args = ap.parse_args()
     from indexer.store import Store
     from search.client import SearchClient
 
+    chosen = [f for f in scale.FILTERS if not args.only or f[0] in args.only.split(",")]
     data = Path(args.data)
     with Store(data) as store:
         n = store.collection("scale").count()
     q_plain = scale.queries(1)
     q_filtered = {name: scale.draw(np.random.default_rng(2000 + i), args.queries, scale.centers())
-                  for i, (name, *_rest) in enumerate(scale.FILTERS)}
+                  for i, (name, *_rest) in enumerate(scale.FILTERS) if any(name == f[0] for f in chosen)}
     t0 = time.perf_counter()
     _, truth = scale.ground_truth(data, None, n, q_plain, q_filtered)
     print(f"ground truth in {time.perf_counter() - t0:.0f}s", flush=True)
@@ -64,14 +66,14 @@ def main() -> None:
         for _label, (_proc, client) in servers.items():  # open the index, warm both up alike
             for q in scale.queries(20):
                 client.search("scale", vector=q, top_k=scale.K)
-            for name, _kind, _sel, expr in scale.FILTERS:
+            for name, _kind, _sel, expr in chosen:
                 _run(client, name, expr, q_filtered[name][:3], truth[name][:3])
-        lat = {(label, name): [] for label in servers for name, *_ in scale.FILTERS}
-        per_round = {(label, name): [] for label in servers for name, *_ in scale.FILTERS}
-        equal = {(label, name): 0 for label in servers for name, *_ in scale.FILTERS}
+        lat = {(label, name): [] for label in servers for name, *_ in chosen}
+        per_round = {(label, name): [] for label in servers for name, *_ in chosen}
+        equal = {(label, name): 0 for label in servers for name, *_ in chosen}
         labels = list(servers)
         for r in range(args.rounds):
-            for name, _kind, _sel, expr in scale.FILTERS:
+            for name, _kind, _sel, expr in chosen:
                 for label in labels[r % 2:] + labels[:r % 2]:
                     got, eq = _run(servers[label][1], name, expr, q_filtered[name], truth[name])
                     lat[label, name] += got
@@ -84,7 +86,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=120)
     rows = []
-    for name, kind, selectivity, expr in scale.FILTERS:
+    for name, kind, selectivity, expr in chosen:
         row = {"filter": expr, "kind": kind, "selectivity": selectivity}
         for label in servers:
             xs = lat[label, name]
