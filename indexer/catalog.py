@@ -711,8 +711,9 @@ class Catalog:
         joins is answered from the metadata index; with them, each id is checked. `tombstones` (without
         `ids`): deleted items not yet purged may be among the ids, for a caller that intersects them with an
         index caught up with the catalog (the deletes are out of it): a filter on built-in columns then reads
-        its index alone, not each item row too (10 ms rather than 450 ms for 100,000 ids of 1M). The ids
-        come back in one aggregated string, not as a row each (100,000 ids: 12 ms rather than 77 ms)."""
+        its index alone, not each item row too (1M items, `width >=` matching 100,000: 61 ms rather than
+        527 ms). The ids come back in one string the database aggregates, not as a row each (the same
+        100,000 ids: 12 ms rather than 61 ms)."""
         with self.filter_errors(), self.session() as s:
             return self._matching_ids(s, collection_id, where, ids, limit, tombstones=tombstones)
 
