@@ -157,3 +157,16 @@ def test_id_caches_follow_writes_in_place(kind, data):
         np.testing.assert_array_equal(cached_mask[:len(index._member_mask())], index._member_mask())
         assert not cached_mask[len(index._member_mask()):].any()
         assert len(index.ids()) == index.ntotal
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_sparse_ids_use_a_hashed_selector(kind, data, small_thresholds):
+    """Ids far apart (too sparse for a bitmap over 0..max) still filter exactly: a hashed id set is used."""
+    x, ids, q = data
+    sparse = ids * 10**9
+    index = _build(kind, x, sparse)
+    assert index._member_mask() is None
+    chosen = sparse[::3]
+    _, got = index.search(q, 10, allowed=chosen, nprobe=index.ivf.nlist if kind == "ivf" else None)
+    _, want = brute_force(x[::3], chosen, q, 10)
+    np.testing.assert_array_equal(got, want)

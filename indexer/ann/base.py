@@ -243,7 +243,8 @@ class VectorIndex:
         allowed = self._members(allowed)
         if len(allowed) <= max(self._exact_max(k), k):
             return self._exact_subset(queries, k, np.unique(allowed))
-        sel = _bitmap_selector(allowed)
+        # a bitmap spans 0..max(id): for ids too sparse for the membership mask, a hashed set instead
+        sel = _bitmap_selector(allowed) if self._member_mask() is not None else faiss.IDSelectorBatch(allowed)
         share = min(1.0, len(allowed) / max(self.ntotal, 1))
         scores, ids = self._shortlist(queries, k, sel, *self._filtered_effort(share, k, nprobe, ef))
         if (ids < 0).any():  # the pass came back short: answer exhaustively instead
