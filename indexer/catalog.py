@@ -245,8 +245,8 @@ class ItemFilter:
     on one row (metadata terms are EXISTS lookups by item), so it checks candidate ids; `joins` (tables
     joined on item_id with their conditions; they take the collection id as the bound parameter
     FILTER_COLLECTION) let a scan start from the metadata index instead of reading the collection, and then
-    `residual` is what the joins leave to check (None: nothing: the scan reads the metadata index alone). `condition` is usable as a plain SQLAlchemy
-    condition (`select(...).where(f)`)."""
+    `residual` is what the joins leave to check (None: nothing, and the scan reads the metadata index
+    alone). `condition` is usable as a plain SQLAlchemy condition (`select(...).where(f)`)."""
 
     condition: Any
     joins: tuple = ()  # (metadata table alias, its condition): joined on item_id by Catalog.ids_statement
