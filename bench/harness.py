@@ -241,11 +241,12 @@ def write_results(name: str, rows: list[dict], **info) -> Path:
     return out
 
 
-def serve_cli(args: list[str], log_path: str | Path) -> tuple[subprocess.Popen, str]:
-    """`mmsearch serve ARGS` in its own process (this checkout's code); returns it and its first stdout line
-    ("mmsearch serving on ..."), once it says so. Its log goes to `log_path`."""
+def serve_cli(args: list[str], log_path: str | Path, *, repo: str | Path = REPO) -> tuple[subprocess.Popen, str]:
+    """`mmsearch serve ARGS` in its own process (this checkout's code, or that of `repo`: a baseline to
+    compare with); returns it and its first stdout line ("mmsearch serving on ..."), once it says so. Its log
+    goes to `log_path`."""
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "serve", *args], stdout=subprocess.PIPE,
-                            stderr=open(log_path, "w"), text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                            stderr=open(log_path, "w"), text=True, cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)))
     line = proc.stdout.readline()
     if "serving on" not in line:
         proc.kill()
@@ -253,9 +254,9 @@ def serve_cli(args: list[str], log_path: str | Path) -> tuple[subprocess.Popen, 
     return proc, line
 
 
-def start_server(data_dir: Path, log: Path, *flags: str):
+def start_server(data_dir: Path, log: Path, *flags: str, repo: str | Path = REPO):
     """`mmsearch serve` on a free loopback gRPC port with `data_dir`: (process, port)."""
-    proc, line = serve_cli(["--address", "127.0.0.1:0", "--data-dir", str(data_dir), *flags], log)
+    proc, line = serve_cli(["--address", "127.0.0.1:0", "--data-dir", str(data_dir), *flags], log, repo=repo)
     return proc, int(line.split("127.0.0.1:")[1].split()[0])
 
 

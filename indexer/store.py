@@ -44,6 +44,8 @@ from indexer.ann import (DEFAULT_INDEX_MEMORY, IndexFileError, IndexSpec, Vector
 
 log = logging.getLogger("mmsearch.indexer")
 
+CLOSE_REBUILD_WAIT_S = 10.0  # Store.close waits this long for an abandoned background rebuild to stop
+
 
 def default_data_dir() -> str:
     return os.environ.get("MMSEARCH_DATA", "./mmsearch-data")
@@ -97,10 +99,12 @@ class Store:
         return cls(data_dir, db, shard=shard, media_dir=media_dir, index_memory=index_memory)
 
     def close(self) -> None:
-        """Persist indices that moved past their file, then release the database."""
+        """Persist indices that moved past their file, then release the database. A background rebuild still
+        running is abandoned (the index in use is saved instead; the next write re-chooses), waiting at most
+        CLOSE_REBUILD_WAIT_S for it to stop, so a server told to stop does not hang on one."""
         with self._lock:
             for handle in self._handles.values():
-                handle.wait_rebuild()
+                handle.abandon_rebuild(CLOSE_REBUILD_WAIT_S)
                 try:
                     handle.save_if_changed()
                 except Exception as exc:  # never lose the close over a cache file; it is rebuilt on open
@@ -211,6 +215,7 @@ class CollectionHandle:
         self._saved_watermark = -1
         self._lock = threading.RLock()
         self._rebuilding: threading.Thread | None = None  # a background re-choice of the index kind
+        self._abandon = threading.Event()  # set by Store.close: the background rebuild stops, swapping nothing
 
     @property
     def name(self) -> str:
@@ -267,10 +272,11 @@ class CollectionHandle:
             raise InvalidInput("query vectors contain NaN or infinity")
         q = normalize_rows(q)
         allowed = None
-        if where is not None:
-            allowed = self.catalog.select_ids(self.id, where)
+        if where is not None:  # tombstones among the ids are fine: the index, caught up below, dropped them
+            allowed = self.catalog.select_ids(self.id, where, tombstones=True)
         if ids is not None:
-            given = np.fromiter((int(i) for i in ids), dtype=np.int64)
+            given = (ids.astype(np.int64, copy=False) if isinstance(ids, np.ndarray)
+                     else np.fromiter((int(i) for i in ids), dtype=np.int64))
             allowed = given if allowed is None else np.intersect1d(allowed, given)
         index = self.refresh(revision)  # after selecting: every allowed id committed so far is in the index
         scores, found = index.search(q, k, allowed=allowed, nprobe=nprobe, ef=ef)
@@ -487,8 +493,10 @@ class CollectionHandle:
                 training = self._training_sample(n, max((spec.param or 0) * 64, 20_000))
                 if spec.kind.startswith("ivf"):
                     spec = IndexSpec(spec.kind, min(spec.param, len(training)), spec.m)
+        self._check_abandoned()
         index = self._attach(VectorIndex.empty(spec, self.dim, training, n_hint=n))
         for ids, _dead, vecs, _dim in self.catalog.all_live(self.id):
+            self._check_abandoned()
             mine = self._mine(ids)
             index.add(ids[mine], vecs[mine])
         index.watermark = rev
@@ -497,11 +505,16 @@ class CollectionHandle:
             self._save(index)
         return index
 
+    def _check_abandoned(self) -> None:
+        if self._abandon.is_set() and threading.current_thread() is self._rebuilding:
+            raise _Abandoned()
+
     def _training_sample(self, n: int, want: int) -> np.ndarray:
         keep = min(1.0, want / max(n, 1))
         rng = np.random.default_rng(0)
         parts = []
         for _ids, _dead, vecs, _dim in self.catalog.all_live(self.id):
+            self._check_abandoned()
             parts.append(vecs if keep >= 1.0 else vecs[rng.random(len(vecs)) < keep])
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
@@ -543,6 +556,20 @@ class CollectionHandle:
         if thread is not None:
             thread.join(timeout)
 
+    def abandon_rebuild(self, timeout: float) -> bool:
+        """Tell a background rebuild to stop (it checks between catalog pages and before the swap, never
+        swapping or saving afterwards) and wait up to `timeout` s; returns whether none is running now."""
+        thread = self._rebuilding
+        if thread is None or not thread.is_alive():
+            return True
+        self._abandon.set()
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning("the background rebuild of %s's index did not stop within %.0fs (inside FAISS); "
+                        "closing without it", self.name, timeout)
+            return False
+        return True
+
     def _rechoice(self, index: VectorIndex) -> IndexSpec | None:
         """The spec to rebuild with, or None when the index fits the collection."""
         want = IndexSpec.parse(self.row.index_spec)
@@ -571,13 +598,17 @@ class CollectionHandle:
             rev, _purged = self.catalog.revision(self.id)
             fresh = self._build(rev, spec)  # the slow part, outside the lock
             with self._lock:
+                self._check_abandoned()
                 rev, purged = self.catalog.revision(self.id)
                 if fresh.watermark < purged:  # tombstones it needs were purged meanwhile: build again, locked
                     fresh = self._build(rev, spec)
                 else:
                     self._catch_up(fresh, rev)
+                self._check_abandoned()
                 self._index = fresh
             self._save(fresh)  # outside the lock: searches go on while the payload is written
+        except _Abandoned:
+            log.info("rebuilding the index of %s as %s: abandoned (the store is closing)", self.name, spec)
         except Exception as exc:  # the old index keeps serving; the next write tries again
             log.warning("rebuilding the index of %s as %s failed: %s", self.name, spec, exc)
             if threading.current_thread() is not self._rebuilding:
@@ -606,6 +637,10 @@ class CollectionHandle:
                         "from the catalog when next opened", self.name, path, exc.strerror or exc)
             return
         self._saved_watermark = index.watermark
+
+
+class _Abandoned(Exception):
+    """A background rebuild stops: the store is closing."""
 
 
 def _remove_stale_temp_files(path: str, age_s: float = 3600.0) -> None:

@@ -569,9 +569,9 @@ class _SQL:
         table, code = _TABLES[kind]
         self.aliases += 1
         alias = table.__table__.alias(f"mj{self.aliases}")
-        # the scan starts here, before any item row is read: the collection comes as a parameter
-        on = and_(alias.c.item_id == self.model.id,
-                  alias.c.key_id == self.key_id(keys, code, bindparam(FILTER_COLLECTION, type_=BigInteger())),
+        # the scan starts here, before any item row is read: the collection comes as a parameter; the
+        # catalog joins the alias on item_id (to the items, or to the first alias when nothing else is checked)
+        on = and_(alias.c.key_id == self.key_id(keys, code, bindparam(FILTER_COLLECTION, type_=BigInteger())),
                   value_condition(alias.c.value))
         return alias, on
 

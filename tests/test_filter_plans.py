@@ -92,3 +92,24 @@ def test_checking_candidates_looks_each_one_up(catalog, flt):
         assert "Seq Scan on items" not in plan and "Seq Scan on meta_num" not in plan, plan
         assert "Seq Scan on meta_str" not in plan, plan
         assert "items_pkey" in plan, plan
+
+
+@pytest.mark.parametrize("flt", ['meta.tag = "t7"', 'meta.tag IN ("t1", "t2")', "meta.score >= 0.999",
+                                 'meta.exif.iso = 3 AND meta.tag = "t8"', "width >= 1995", "height < 103"])
+def test_search_scans_read_the_filter_index_alone(catalog, flt):
+    """The search path's id scan (tombstones allowed: the index drops them) reads no item rows: metadata
+    terms from the metadata index (it holds live items only), built-in columns from their covering index."""
+    cat, cid = catalog
+    where = compile_filter(flt, Item, cat.dialect)
+    plan = _plan(cat, cat.ids_statement(cid, where, tombstones=True))
+    if cat.dialect == "sqlite":
+        if flt.startswith("meta"):
+            assert "items" not in plan and "SCAN" not in plan, plan
+        else:
+            assert "USING COVERING INDEX ix_items_" in plan and "SCAN" not in plan, plan
+    else:  # (meta_keys, a few rows, may be read whole)
+        assert "Seq Scan on items" not in plan and "Seq Scan on mj" not in plan, plan
+        if flt.startswith("meta"):
+            assert "items" not in plan, plan
+    live = set(cat.select_ids(cid, where).tolist())
+    assert set(cat.select_ids(cid, where, tombstones=True).tolist()) == live  # no deletes here: the same ids

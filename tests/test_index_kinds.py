@@ -185,14 +185,20 @@ def test_auto_follows_the_memory_budget_in_the_store(tmp_path):
         assert coll.maybe_retrain() and coll.index.spec.kind == "flat"
 
 
-def test_upsert_rechooses_in_the_background_without_blocking_search(tmp_path, monkeypatch):
+def _flat_near_its_limit(tmp_path, monkeypatch, seed):
+    """An auto collection of 700 items (flat) whose next 700 upserts start a background rebuild (ivf)."""
     monkeypatch.setattr(ann_spec, "AUTO_FLAT_MAX", 1000)
     store = Store(tmp_path / "data")
     coll = store.create_collection("c", FakeBinding(dim=DIM))
-    x = clustered(1500, DIM, seed=51)
+    x = clustered(1500, DIM, seed=seed)
     rows = [UpsertRow(uri=f"mem://{i}", sha256=f"{i:064x}", width=1, height=1, vector=v) for i, v in enumerate(x)]
     coll.upsert(rows[:700])
     assert coll.index.spec.kind == "flat" and coll._rebuilding is None
+    return store, coll, x, rows
+
+
+def test_upsert_rechooses_in_the_background_without_blocking_search(tmp_path, monkeypatch):
+    store, coll, x, rows = _flat_near_its_limit(tmp_path, monkeypatch, 51)
 
     release, building = threading.Event(), threading.Event()
     real_build = type(coll)._build
@@ -270,3 +276,63 @@ def test_memory_mapped_open_keeps_the_codes_out_of_process_memory(kind, tmp_path
                                      capture_output=True, text=True, timeout=120).stdout.split()[-1])
             for mode in ("mmap", "read")}
     assert grew["read"] > 0.8 * payload_kb and grew["mmap"] < 0.2 * payload_kb, (payload_kb, grew)
+
+
+def test_close_abandons_a_background_rebuild_within_its_bound(tmp_path, monkeypatch):
+    """A store closing (a server told to stop) does not wait for a background rebuild to finish: the rebuild
+    stops at its next catalog page, swaps and saves nothing, and the index in use is what is saved."""
+    from indexer import store as store_module
+
+    monkeypatch.setattr(store_module, "CLOSE_REBUILD_WAIT_S", 5.0)
+    store, coll, _x, rows = _flat_near_its_limit(tmp_path, monkeypatch, 53)
+    real_all_live = store.catalog.all_live
+    paging = threading.Event()
+
+    def slow_pages(cid, **kw):  # a build that would take minutes: one page of 10 rows a second
+        for page in real_all_live(cid, chunk=10):
+            if threading.current_thread() is coll._rebuilding:
+                paging.set()
+                time.sleep(1.0)
+            yield page
+
+    monkeypatch.setattr(store.catalog, "all_live", slow_pages)
+    coll.upsert(rows[700:])  # past the flat limit: a rebuild starts on a thread
+    assert paging.wait(10)
+    thread = coll._rebuilding
+    t0 = time.perf_counter()
+    store.close()
+    assert time.perf_counter() - t0 < 4.0 and not thread.is_alive()
+    header = VectorIndex.read_header(store.index_path("c"))
+    assert header["spec"] == "flat" and header["ntotal"] == 1500  # the index in use, saved on close
+
+
+def test_first_write_to_a_mapped_ivf_index_copies_its_lists_once(tmp_path):
+    """The first write to a memory-mapped ivf index copies the lists into memory once, and the mapping goes:
+    peak RSS about twice the payload (mapped pages read + the copy), not three times (through a serialized
+    copy of the whole index), and afterwards one copy."""
+    import subprocess
+    import sys
+
+    x = clustered(25_000, 1024, seed=61)  # a 100 MB payload
+    index = VectorIndex.empty(IndexSpec.parse("ivf64"), 1024, x[:5000], n_hint=len(x))
+    index.add(np.arange(len(x)), x)
+    path = tmp_path / "c.faiss"
+    index.save(str(path), {})
+    payload = sum(p.stat().st_size for p in tmp_path.glob("*.payload"))
+    code = ("import numpy as np\n"
+            "from indexer.ann import VectorIndex\n"
+            "def mem():\n"
+            "    return {l.split(':')[0]: int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('Vm')}\n"
+            f"ix, _ = VectorIndex.load({str(path)!r})\n"
+            "ix.search(np.ones((1, 1024), np.float32), 1, nprobe=64)  # every list read once, as serving does\n"
+            "before = mem()\n"
+            "v = np.zeros((1, 1024), np.float32); v[0, 0] = 1\n"
+            "ix.add(np.array([10**6]), v)\n"
+            "after = mem()\n"
+            "assert ix.mapped_from is None and ix.ntotal == 25001\n"
+            "print(after['VmHWM'] - before['VmRSS'], after['VmRSS'] - before['VmRSS'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert out.returncode == 0, out.stderr[-2000:]
+    peak, kept = (int(v) for v in out.stdout.split()[-2:])
+    assert peak < 1.5 * payload and kept < 0.5 * payload, (peak, kept, payload)

@@ -28,9 +28,14 @@ The store re-chooses after every write (bulk job end, Upsert, Delete) and rebuil
 when the choice changed (or an IVF quantizer was trained on 4x fewer items), swapping the new index in
 atomically while searches use the old one.
 
-A restriction to a set of allowed ids (a metadata filter) is answered exactly when the set is small
-(gathering those vectors costs less than a scan) and with an id selector otherwise; either way the
-caller gets a full top-k when at least k ids are allowed.
+A restriction to a set of allowed ids (a metadata filter) is answered by the share of the index it makes
+up (base.py: _filtered): a small set is scored exactly (flat, hnsw: up to 20,000 ids, their vectors are
+contiguous; ivf: 1,024, vectors come through the direct map one by one; compressed kinds: k * refine for
+ivf*, 512 for hnswsq8, the vectors come from the catalog); a larger one by a FAISS pass under a bitmap of
+the ids (IDSelectorBitmap), widened by 1 / share: ivf* probe nprobe / share lists, all of them (an
+exhaustive scan of the allowed ids, exact for ivf) once the share is below nprobe / nlist; hnsw* walk
+with ef / share (at most 4,096). A pass that comes back short is answered exhaustively, so the caller
+gets a full top-k when at least k ids are allowed.
 
 When FAISS sees GPUs, flat and ivf searches without a restriction run on a GPU copy; writes go to the
 CPU index and mark the copy stale, and it is re-cloned before the next search.

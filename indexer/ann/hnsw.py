@@ -16,6 +16,7 @@ import faiss
 from indexer.ann.base import VectorIndex
 
 HNSW_DEAD_FRACTION = 0.2
+HNSW_FILTER_EF_MAX = 4_096  # ef of a filtered pass; one that still comes back short is answered exactly
 
 
 class HNSWIndex(VectorIndex):
@@ -68,9 +69,14 @@ class HNSWIndex(VectorIndex):
             fresh.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), keep_ids)
         self.index = fresh.index
         self._dead.clear()
+        self._ids_cache = self._mask_cache = None  # a source may have lacked some (deleted meanwhile): list again
 
     def _search_params(self, k, nprobe, ef):
         return faiss.SearchParametersHNSW(efSearch=max(ef or self.hnsw.efSearch, k))
+
+    def _filtered_effort(self, share, k, nprobe, ef):
+        # the graph walk keeps ef candidates of which a share pass the filter: widen it to match
+        return nprobe, min(HNSW_FILTER_EF_MAX, int(np.ceil(max(ef or self.hnsw.efSearch, k) / share)))
 
     def tuning(self) -> dict:
         return {"ef": int(self.hnsw.efSearch)}
